@@ -1,0 +1,1 @@
+"""mnv3: train MobileNetV3 image classifiers and ship them as TFLite."""

@@ -1,0 +1,322 @@
+"""Typed, validated experiment configs.
+
+A config is a YAML file with the sections below; every key has a default, so a
+file only says what differs. Loading is strict: unknown keys, wrong types, bad
+enum values and out-of-range numbers raise ConfigError with one line naming the
+file and the dotted key. `--set KEY=VALUE` overrides go through the same checks.
+
+The schema is data: each field carries its help text and limits in `metadata`,
+which also renders the README's config reference (`python -m mnv3.config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import yaml
+
+from mnv3.errors import UserError
+
+
+class ConfigError(UserError):
+    """A config file or override that cannot be used as given."""
+
+
+def _field(default, help: str, *, min=None, max=None, min_exclusive=False):
+    meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    variant: Literal["large", "small"] = _field(
+        "small", "MobileNetV3 size: `large` or `small` (paper tables 1 and 2).")
+    alpha: float = _field(
+        1.0, "Width multiplier; channels are rounded to multiples of 8.",
+        min=0.0, max=4.0, min_exclusive=True)
+    minimalistic: bool = _field(
+        False, "3x3 kernels, ReLU everywhere, no squeeze-excite (faster on some hardware).")
+    se_ratio: float = _field(
+        0.25, "Squeeze-excite bottleneck ratio.", min=0.0, max=1.0, min_exclusive=True)
+    dropout: float = _field(0.2, "Dropout before the classifier.", min=0.0, max=0.9)
+    bn_momentum: float = _field(
+        0.99, "BatchNorm moving-average momentum (paper: 0.99; 0.999 needs long runs).",
+        min=0.0, max=1.0, min_exclusive=True)
+    bn_epsilon: float = _field(
+        1e-3, "BatchNorm epsilon.", min=0.0, max=1.0, min_exclusive=True)
+    remove_early_strides: int = _field(
+        0, "Leading stride-2 layers run at stride 1, for small images "
+        "(1 for 32 px CIFAR keeps a 2x2 final map).", min=0, max=2)
+    include_top: bool = _field(
+        True, "Classifier head on top; false gives a backbone.")
+    pooling: Literal["avg", "max", "none"] = _field(
+        "avg", "Global pooling of the backbone output when `include_top` is false.")
+    feature_outputs: bool = _field(
+        False, "Backbone returns feature maps at strides 8, 16 and 32 "
+        "(for detection / segmentation heads); needs `include_top: false`.")
+    classifier_activation: Literal["softmax", "linear"] = _field(
+        "softmax", "Activation of the classifier output.")
+
+
+@dataclass
+class DataConfig:
+    source: Literal["synthetic", "folder", "tfds", "tfrecord"] = _field(
+        "synthetic", "Where images come from.")
+    train_dir: Optional[str] = _field(
+        None, "Training data: a class-per-folder directory, TFRecord directory "
+        "or TFDS data dir, depending on `source`.")
+    eval_dir: Optional[str] = _field(
+        None, "Evaluation data in the same form; when unset, a holdout of train.")
+    image_size: int = _field(224, "Square input resolution in pixels.", min=32, max=1024)
+    num_classes: int = _field(10, "Number of classes.", min=2)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _field(10, "Passes over the training data.", min=1)
+    batch_size: int = _field(64, "Global batch size (all replicas together).", min=1)
+
+
+@dataclass
+class ExportConfig:
+    quant: list[Literal["float32", "fp16", "dynamic", "int8"]] = _field(
+        ["float32", "int8"], "TFLite modes to write.")
+
+
+@dataclass
+class RuntimeConfig:
+    seed: Optional[int] = _field(
+        0, "Random seed for weights, data order and augmentation; null for none.", min=0)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+# ----------------------------------------------------------------------------
+# Checking values against the schema
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is typing.Union:
+        return " or ".join("null" if a is type(None) else _type_name(a)
+                           for a in typing.get_args(tp))
+    if origin is list:
+        return "a list of " + _type_name(typing.get_args(tp)[0])
+    return {bool: "true or false", int: "an integer", float: "a number",
+            str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value, tp, where: str):
+    """Returns `value` as type `tp`, or raises ConfigError naming `where`."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, where)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"{where}: {value!r} is not {_type_name(tp)}{extra}")
+        return value
+    if origin is list:
+        if isinstance(value, (str, int, float)):  # `--set export.quant=int8`
+            value = [value]
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"{where}: expected a non-empty list, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    # YAML's bool is a subclass of int; keep them apart so `alpha: true` fails.
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _check_range(value, meta, where: str):
+    if value is None or isinstance(value, (list, str, bool)):
+        return
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (value <= lo if meta.get("min_exclusive") else value < lo):
+        op = ">" if meta.get("min_exclusive") else ">="
+        raise ConfigError(f"{where}: must be {op} {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{where}: must be <= {hi}, got {value}")
+
+
+def _unknown_key(key: str, known, where: str) -> ConfigError:
+    hint = difflib.get_close_matches(key, list(known), n=1)
+    extra = f"; did you mean {hint[0]!r}?" if hint else f"; known: {', '.join(known)}"
+    name = f"{where}.{key}" if where else key
+    return ConfigError(f"{name}: unknown key{extra}")
+
+
+def _section_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def _section_types(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _apply(section_obj, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {values!r}")
+    hints = _section_types(type(section_obj))
+    fields = {f.name: f for f in dataclasses.fields(section_obj)}
+    for key, value in values.items():
+        if key not in fields:
+            raise _unknown_key(str(key), fields, where)
+        dotted = f"{where}.{key}"
+        value = _coerce(value, hints[key], dotted)
+        _check_range(value, fields[key].metadata, dotted)
+        setattr(section_obj, key, value)
+
+
+def _check_consistency(cfg: Config):
+    if cfg.model.feature_outputs and cfg.model.include_top:
+        raise ConfigError("model.feature_outputs: needs model.include_top: false")
+    total_stride = 2 ** (5 - cfg.model.remove_early_strides)
+    if cfg.data.image_size < total_stride:
+        raise ConfigError(
+            f"data.image_size: {cfg.data.image_size} px is smaller than the network's "
+            f"total stride {total_stride}")
+
+
+# ----------------------------------------------------------------------------
+# Loading, overriding and saving
+
+
+def from_dict(raw: dict | None, source: str = "config") -> Config:
+    """Builds a Config from nested plain data, checking every key."""
+    cfg = Config()
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    for name, values in raw.items():
+        if name not in _section_names():
+            raise ConfigError(f"{source}: {_unknown_key(str(name), _section_names(), '')}")
+        try:
+            _apply(getattr(cfg, name), values or {}, name)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+    try:
+        _check_consistency(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """'model.alpha=0.5' -> (['model', 'alpha'], 0.5), typed as YAML types it."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. model.alpha=0.75")
+    key, raw_value = text.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) != 2 or not all(path):
+        raise ConfigError(f"--set {text}: KEY must be section.key, e.g. train.epochs")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key}: value {raw_value!r} is not valid YAML") from None
+    return path, value
+
+
+def load(path: str | None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Reads a YAML config (or the defaults when `path` is None) and applies overrides."""
+    raw: dict = {}
+    source = "defaults"
+    if path:
+        source = path
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a directory, expected a YAML file") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}: not valid YAML{at}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        # Check the override alone first, so the message points at --set.
+        probe = Config()
+        if section not in _section_names():
+            raise ConfigError(f"--set {_unknown_key(section, _section_names(), '')}")
+        try:
+            _apply(getattr(probe, section), {key: value}, section)
+        except ConfigError as e:
+            raise ConfigError(f"--set {e}") from None
+        if not isinstance(raw.get(section), dict):
+            raw[section] = {}
+        raw[section][key] = value
+    return from_dict(raw, source)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save(cfg: Config, path: str) -> None:
+    """Writes the fully resolved config atomically, so a run can be repeated exactly."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config-", suffix=".yaml")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def reference_markdown() -> str:
+    """The config reference table for the README, generated from the schema."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for section in dataclasses.fields(Config):
+        cls = section.default_factory
+        hints = _section_types(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            rows.append(
+                f"| `{section.name}.{f.name}` | {_type_name(hints[f.name])} | "
+                f"`{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}` | "
+                f"{f.metadata['help']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

@@ -1,0 +1,157 @@
+"""Builds MobileNetV3 as a Keras functional model from the block tables in specs.py.
+
+The network matches keras.applications' MobileNetV3 layer for layer (same
+parameters, same outputs on the same weights), with readable layer names
+(`stem_conv`, `block3_depthwise`, `head_conv`, `logits`) and a few options the
+applications model lacks: small-image strides, multi-scale feature outputs and
+configurable BatchNorm momentum.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from mnv3.config import ModelConfig
+from mnv3.model import specs
+
+INPUT_NAME = "image"
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Rounds channels to a multiple of 8, never more than 10% below `value`
+    (the TF-Slim rule that keras.applications and the paper's models use)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+class _Builder:
+    """Holds the per-model settings so the block helpers stay short."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+
+    def activation(self, x, kind: str, name: str):
+        if kind == "relu":
+            return layers.ReLU(name=name)(x)
+        return layers.Activation("hard_swish", name=name)(x)
+
+    def conv_bn(self, x, filters: int, kernel: int, stride: int, name: str):
+        x = layers.Conv2D(filters, kernel, strides=stride, padding="same",
+                          use_bias=False, name=name)(x)
+        return layers.BatchNormalization(momentum=self.cfg.bn_momentum,
+                                         epsilon=self.cfg.bn_epsilon,
+                                         name=f"{name}_bn")(x)
+
+    def squeeze_excite(self, x, name: str):
+        channels = x.shape[-1]
+        s = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
+        s = layers.Conv2D(make_divisible(channels * self.cfg.se_ratio), 1,
+                          name=f"{name}_reduce")(s)
+        s = layers.ReLU(name=f"{name}_relu")(s)
+        s = layers.Conv2D(channels, 1, name=f"{name}_expand")(s)
+        s = layers.Activation("hard_sigmoid", name=f"{name}_gate")(s)
+        return layers.Multiply(name=f"{name}_scale")([x, s])
+
+    def bottleneck(self, x, block: specs.Block, table_in: int, stride: int, name: str):
+        """Inverted residual: 1x1 expand, kxk depthwise, optional SE, 1x1 project."""
+        shortcut = x
+        in_channels = x.shape[-1]
+        filters = make_divisible(block.filters * self.cfg.alpha)
+        if block.expanded != table_in:  # the first row of each table has no expansion
+            expanded = make_divisible(in_channels * block.expanded / table_in)
+            x = self.conv_bn(x, expanded, 1, 1, f"{name}_expand")
+            x = self.activation(x, block.activation, f"{name}_expand_act")
+        x = layers.DepthwiseConv2D(block.kernel, strides=stride, padding="same",
+                                   use_bias=False, name=f"{name}_depthwise")(x)
+        x = layers.BatchNormalization(momentum=self.cfg.bn_momentum,
+                                      epsilon=self.cfg.bn_epsilon,
+                                      name=f"{name}_depthwise_bn")(x)
+        x = self.activation(x, block.activation, f"{name}_depthwise_act")
+        if block.se:
+            x = self.squeeze_excite(x, f"{name}_se")
+        x = self.conv_bn(x, filters, 1, 1, f"{name}_project")
+        if stride == 1 and in_channels == filters:
+            x = layers.Add(name=f"{name}_add")([shortcut, x])
+        return x
+
+
+def block_table(cfg: ModelConfig):
+    blocks = specs.BLOCKS[cfg.variant]
+    return specs.minimalistic(blocks) if cfg.minimalistic else blocks
+
+
+def build_model(cfg: ModelConfig, image_size: int | None, num_classes: int,
+                name: str | None = None) -> keras.Model:
+    """MobileNetV3 taking RGB images with values 0..255 (float), any size >= 32.
+
+    `image_size=None` builds a model that accepts any height and width.
+    Outputs class probabilities (or logits with classifier_activation=linear);
+    with include_top=False a pooled feature vector, the last feature map, or
+    with feature_outputs=True a list of maps at strides 8, 16 and 32.
+    """
+    b = _Builder(cfg)
+    blocks = block_table(cfg)
+    top_activation = "relu" if cfg.minimalistic else "hard_swish"
+    strides_to_remove = cfg.remove_early_strides
+
+    inputs = keras.Input((image_size, image_size, 3), name=INPUT_NAME)
+    # Preprocessing lives in the model, so apps feed raw 0..255 pixels.
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
+
+    stem_stride = 2
+    if strides_to_remove:
+        stem_stride, strides_to_remove = 1, strides_to_remove - 1
+    x = b.conv_bn(x, specs.STEM_FILTERS, 3, stem_stride, "stem_conv")
+    x = b.activation(x, top_activation, "stem_act")
+
+    # The last tensor at each resolution; its last three are the C3-C5 features.
+    levels = []
+    table_in = specs.STEM_FILTERS
+    for i, block in enumerate(blocks):
+        stride = block.stride
+        if stride == 2:
+            levels.append(x)
+            if strides_to_remove:
+                stride, strides_to_remove = 1, strides_to_remove - 1
+        x = b.bottleneck(x, block, table_in, stride, f"block{i}")
+        table_in = block.filters
+
+    x = b.conv_bn(x, make_divisible(x.shape[-1] * 6), 1, 1, "head_conv")
+    x = b.activation(x, top_activation, "head_act")
+    levels.append(x)
+
+    if cfg.include_top:
+        head_filters = specs.HEAD_FILTERS[cfg.variant]
+        if cfg.alpha > 1.0:
+            head_filters = make_divisible(head_filters * cfg.alpha)
+        x = layers.GlobalAveragePooling2D(keepdims=True, name="pool")(x)
+        x = layers.Conv2D(head_filters, 1, name="head_fc")(x)
+        x = b.activation(x, top_activation, "head_fc_act")
+        if cfg.dropout > 0:
+            x = layers.Dropout(cfg.dropout, name="dropout")(x)
+        x = layers.Conv2D(num_classes, 1, name="logits")(x)
+        x = layers.Flatten(name="flatten")(x)
+        # float32 output even under mixed precision, for a stable loss.
+        outputs = layers.Activation(cfg.classifier_activation, dtype="float32",
+                                    name="predictions")(x)
+    elif cfg.feature_outputs:
+        outputs = levels[-3:]
+    elif cfg.pooling == "avg":
+        outputs = layers.GlobalAveragePooling2D(name="pool")(x)
+    elif cfg.pooling == "max":
+        outputs = layers.GlobalMaxPooling2D(name="pool")(x)
+    else:
+        outputs = x
+
+    if name is None:
+        name = f"mobilenet_v3_{cfg.variant}{'_minimalistic' if cfg.minimalistic else ''}"
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_from_config(cfg, image_size: int | None = -1) -> keras.Model:
+    """build_model with sizes from a full Config (`image_size=-1`: the config's)."""
+    size = cfg.data.image_size if image_size == -1 else image_size
+    return build_model(cfg.model, size, cfg.data.num_classes)

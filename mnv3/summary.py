@@ -1,0 +1,91 @@
+"""python -m mnv3.summary --config CONFIG [--set KEY=VALUE ...] [--json]
+
+Prints the parameter count and multiply-adds of the configured model (one
+1 x H x W x 3 forward pass), as a table per layer or as one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mnv3 import config as config_lib
+from mnv3.cli import exit_on_user_error
+
+
+def layer_madds(layer) -> int:
+    """Multiply-adds of one layer for a batch of one (convs, dense, SE scaling;
+    the cheap elementwise activations and BatchNorm, folded at export, are not
+    counted, as in the paper)."""
+    from keras import layers
+
+    if isinstance(layer, layers.DepthwiseConv2D):
+        _, h, w, c = layer.output.shape
+        kh, kw = layer.kernel_size
+        return h * w * c * kh * kw
+    if isinstance(layer, layers.Conv2D):
+        _, h, w, c_out = layer.output.shape
+        kh, kw = layer.kernel_size
+        c_in = layer.input.shape[-1]
+        return h * w * c_out * kh * kw * c_in // layer.groups
+    if isinstance(layer, layers.Dense):
+        return layer.input.shape[-1] * layer.units
+    if isinstance(layer, layers.Multiply):
+        # The squeeze-excite rescale: one multiply per element of the map.
+        _, h, w, c = layer.output.shape
+        return h * w * c
+    return 0
+
+
+def summarize(model) -> dict:
+    rows = []
+    for layer in model.layers:
+        params = layer.count_params()
+        madds = layer_madds(layer)
+        if params or madds:
+            rows.append({"layer": layer.name, "output": list(layer.output.shape[1:])
+                         if not isinstance(layer.output, list) else None,
+                         "params": params, "madds": madds})
+    return {
+        "name": model.name,
+        "input": list(model.input.shape[1:]),
+        "params": model.count_params(),
+        "madds": sum(r["madds"] for r in rows),
+        "layers": rows,
+    }
+
+
+def _format_table(info: dict) -> str:
+    lines = [f"{info['name']}  input {'x'.join(map(str, info['input']))}", ""]
+    lines.append(f"{'layer':32s} {'output':>16s} {'params':>10s} {'madds':>12s}")
+    for r in info["layers"]:
+        shape = "x".join(map(str, r["output"])) if r["output"] else ""
+        lines.append(f"{r['layer']:32s} {shape:>16s} {r['params']:>10,d} {r['madds']:>12,d}")
+    lines.append("")
+    lines.append(f"total params: {info['params']:,d}")
+    lines.append(f"total multiply-adds: {info['madds']:,d} ({info['madds'] / 1e6:.1f} M)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mnv3.summary", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--config", help="YAML config (defaults when omitted)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. model.alpha=0.75 (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+
+    cfg = config_lib.load(args.config, args.set)
+    from mnv3.model import build_from_config
+
+    info = summarize(build_from_config(cfg))
+    if args.json:
+        info = {k: v for k, v in info.items() if k != "layers"}
+        print(json.dumps(info))
+    else:
+        print(_format_table(info))
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main, sys.argv[1:])

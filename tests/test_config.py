@@ -1,0 +1,107 @@
+import os
+
+import pytest
+import yaml
+
+from mnv3 import config as config_lib
+from mnv3.config import ConfigError
+from tests.conftest import ROOT
+
+
+def test_defaults_and_required_key_names():
+    cfg = config_lib.load(None)
+    for dotted in ["model.variant", "model.alpha", "model.minimalistic", "data.source",
+                   "data.train_dir", "data.eval_dir", "data.image_size",
+                   "data.num_classes", "train.epochs", "train.batch_size"]:
+        section, key = dotted.split(".")
+        assert hasattr(getattr(cfg, section), key), dotted
+
+
+def test_yaml_values_are_applied(write_yaml):
+    path = write_yaml("model:\n  variant: large\n  alpha: 0.75\ndata:\n  image_size: 96\n")
+    cfg = config_lib.load(path)
+    assert (cfg.model.variant, cfg.model.alpha, cfg.data.image_size) == ("large", 0.75, 96)
+    assert cfg.train.epochs == config_lib.TrainConfig().epochs  # untouched default
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ("model:\n  alpah: 0.5\n", ["model.alpah", "did you mean 'alpha'"]),
+    ("modle:\n  alpha: 0.5\n", ["modle", "did you mean 'model'"]),
+    ("model:\n  alpha: wide\n", ["model.alpha", "expected a number"]),
+    ("model:\n  alpha: true\n", ["model.alpha", "expected a number"]),
+    ("train:\n  epochs: 2.5\n", ["train.epochs", "expected an integer"]),
+    ("model:\n  variant: medium\n", ["model.variant", "'large', 'small'"]),
+    ("model:\n  variant: larg\n", ["model.variant", "did you mean 'large'"]),
+    ("model:\n  alpha: -1\n", ["model.alpha", "must be > 0.0"]),
+    ("data:\n  image_size: 16\n", ["data.image_size", "must be >= 32"]),
+    ("export:\n  quant: [int4]\n", ["export.quant[0]", "'int8'"]),
+    ("model: 3\n", ["model", "mapping"]),
+    ("model:\n  include_top: true\n  feature_outputs: true\n", ["model.feature_outputs"]),
+])
+def test_bad_values_name_file_and_dotted_key(write_yaml, text, fragments):
+    path = write_yaml(text)
+    with pytest.raises(ConfigError) as info:
+        config_lib.load(path)
+    message = str(info.value)
+    assert message.startswith(path + ": "), message
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_bad_files(tmp_path, write_yaml):
+    with pytest.raises(ConfigError, match="not found"):
+        config_lib.load(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        config_lib.load(write_yaml("model:\n  alpha: [1\n"))
+    with pytest.raises(ConfigError, match="is a directory"):
+        config_lib.load(str(tmp_path))
+
+
+def test_yaml_cannot_execute_code(write_yaml, tmp_path):
+    marker = tmp_path / "pwned"
+    path = write_yaml(
+        f"model: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError):
+        config_lib.load(path)
+    assert not marker.exists()
+
+
+def test_overrides_are_typed_and_validated(write_yaml):
+    path = write_yaml("model:\n  alpha: 0.75\n")
+    cfg = config_lib.load(path, ["model.alpha=0.5", "model.minimalistic=true",
+                                 "data.train_dir=/tmp/x", "export.quant=[fp16, int8]",
+                                 "runtime.seed=null"])
+    assert cfg.model.alpha == 0.5 and cfg.model.minimalistic is True
+    assert cfg.data.train_dir == "/tmp/x" and cfg.export.quant == ["fp16", "int8"]
+    assert cfg.runtime.seed is None
+    for bad, fragment in [("model.alpha=big", "--set model.alpha: expected a number"),
+                          ("model.alpah=1", "did you mean 'alpha'"),
+                          ("modle.alpha=1", "did you mean 'model'"),
+                          ("alpha=1", "section.key"), ("model.alpha", "KEY=VALUE"),
+                          ("train.epochs=0", "--set train.epochs: must be >= 1")]:
+        with pytest.raises(ConfigError, match=fragment.replace("[", r"\[")):
+            config_lib.load(path, [bad])
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    cfg = config_lib.load(None, ["model.variant=large", "export.quant=[dynamic]",
+                                 "data.image_size=64"])
+    path = tmp_path / "run" / "config.yaml"
+    config_lib.save(cfg, str(path))
+    assert config_lib.load(str(path)) == cfg
+    assert os.listdir(path.parent) == ["config.yaml"]  # no temp files left behind
+
+
+def test_shipped_configs_load():
+    config_dir = os.path.join(ROOT, "configs")
+    names = sorted(f for f in os.listdir(config_dir) if f.endswith(".yaml"))
+    assert names
+    for name in names:
+        config_lib.load(os.path.join(config_dir, name))
+
+
+def test_readme_documents_every_key():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert config_lib.reference_markdown() in readme, \
+        "README config reference is stale: paste `python -m mnv3.config`"
