@@ -69,14 +69,63 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     source: Literal["synthetic", "folder", "tfds", "tfrecord"] = _field(
-        "synthetic", "Where images come from.")
+        "synthetic", "Where images come from: built-in `synthetic` shapes, a class-per-"
+        "folder directory, a TFDS dataset, or ImageNet-layout TFRecord shards.")
     train_dir: Optional[str] = _field(
-        None, "Training data: a class-per-folder directory, TFRecord directory "
-        "or TFDS data dir, depending on `source`.")
+        None, "`folder`: directory with one sub-folder per class; `tfrecord`: "
+        "directory of training shards.")
     eval_dir: Optional[str] = _field(
-        None, "Evaluation data in the same form; when unset, a holdout of train.")
+        None, "Evaluation data in the same form; when unset, `val_fraction` of train "
+        "is held out.")
     image_size: int = _field(224, "Square input resolution in pixels.", min=32, max=1024)
-    num_classes: int = _field(10, "Number of classes.", min=2)
+    num_classes: int = _field(10, "Number of classes; must match the data.", min=2)
+    val_fraction: float = _field(
+        0.1, "Share of train held out (stratified, fixed) when there is no eval data.",
+        min=0.0, max=0.5, min_exclusive=True)
+    tfds_name: Optional[str] = _field(
+        None, "`tfds`: builder name, e.g. `cifar10`, `imagenette`, `imagenet2012`.")
+    tfds_data_dir: Optional[str] = _field(
+        None, "`tfds`: TFDS data directory (default ~/tensorflow_datasets).")
+    tfds_manual_dir: Optional[str] = _field(
+        None, "`tfds`: manual download directory (imagenet2012's tar files).")
+    tfds_download: bool = _field(
+        True, "`tfds`: download and prepare the dataset when it is not prepared yet.")
+    train_split: str = _field("train", "`tfds`: split string for training, e.g. `train[:90%]`.")
+    eval_split: Optional[str] = _field(
+        None, "`tfds`: split for evaluation (e.g. `test`, `validation`); unset: holdout.")
+    train_pattern: str = _field(
+        "train-*", "`tfrecord`: file pattern of training shards inside `train_dir`.")
+    eval_pattern: str = _field(
+        "validation-*", "`tfrecord`: file pattern of eval shards inside `eval_dir`.")
+    label_offset: int = _field(
+        0, "`tfrecord`: subtracted from stored labels (1 for 1001-class ImageNet files).",
+        min=0)
+    synthetic_images: int = _field(
+        6000, "`synthetic`: how many images to generate.", min=100)
+    train_crop: Literal["random_resized", "pad_and_crop", "none"] = _field(
+        "random_resized", "Training crop: Inception random-resized crop, pad-and-crop "
+        "for small images (CIFAR), or none (resize only).")
+    crop_scale: list[float] = _field(
+        [0.08, 1.0], "random_resized: range of the crop's share of the image area.")
+    crop_ratio: list[float] = _field(
+        [0.75, 1.3333], "random_resized: range of the crop's aspect ratio.")
+    pad_pixels: int = _field(4, "pad_and_crop: padding on each side.", min=0)
+    random_flip: bool = _field(True, "Random horizontal flips in training.")
+    eval_crop_fraction: float = _field(
+        0.875, "Evaluation: central crop of this share of the shorter side, then resize.",
+        min=0.0, max=1.0, min_exclusive=True)
+    randaugment_ops: int = _field(
+        0, "RandAugment operations per image (0: off; paper-style recipes use 2).",
+        min=0, max=10)
+    randaugment_magnitude: float = _field(
+        0.5, "RandAugment strength, 0..1.", min=0.0, max=1.0)
+    mixup_alpha: float = _field(0.0, "MixUp Beta(alpha, alpha); 0: off.", min=0.0)
+    cutmix_alpha: float = _field(0.0, "CutMix Beta(alpha, alpha); 0: off.", min=0.0)
+    cache: bool = _field(
+        False, "Cache decoded source images in memory (small datasets).")
+    shuffle_buffer: int = _field(10000, "Shuffle buffer size (images).", min=1)
+    strict: bool = _field(
+        False, "Fail on the first unreadable image instead of skipping it.")
 
 
 @dataclass
@@ -199,6 +248,17 @@ def _apply(section_obj, values: dict, where: str):
 
 
 def _check_consistency(cfg: Config):
+    for key in ("crop_scale", "crop_ratio"):
+        lo_hi = getattr(cfg.data, key)
+        if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
+            raise ConfigError(f"data.{key}: expected [low, high] with 0 < low <= high, "
+                              f"got {lo_hi}")
+    if cfg.data.crop_scale[1] > 1:
+        raise ConfigError(f"data.crop_scale: the high end is at most 1, got {cfg.data.crop_scale[1]}")
+    if cfg.data.source in ("folder", "tfrecord") and not cfg.data.train_dir:
+        raise ConfigError(f"data.train_dir: needed for data.source: {cfg.data.source}")
+    if cfg.data.source == "tfds" and not cfg.data.tfds_name:
+        raise ConfigError("data.tfds_name: needed for data.source: tfds")
     if cfg.model.feature_outputs and cfg.model.include_top:
         raise ConfigError("model.feature_outputs: needs model.include_top: false")
     total_stride = 2 ** (5 - cfg.model.remove_early_strides)

@@ -1,0 +1,101 @@
+"""Class-per-folder image datasets (the layout of Keras' image_dataset_from_directory
+and TFDS ImageFolder): `root/<class name>/<image>`; class names are the sorted
+folder names.
+
+Files are checked cheaply before training (signature and end-of-file marker, a
+few bytes each) so that zero-byte, truncated and non-image files are skipped
+with one warning instead of crashing the input pipeline mid-epoch.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+from absl import logging
+
+from mnv3.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+class FileList(NamedTuple):
+    paths: list[str]
+    labels: list[int]
+    class_names: list[str]
+
+
+def _problem(path: str) -> str | None:
+    """Why `path` cannot be a complete JPEG/PNG/BMP/GIF, or None if it looks whole."""
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file"
+        with open(path, "rb") as f:
+            head = f.read(32)
+            f.seek(max(0, size - 32))
+            tail = f.read()
+    except OSError as e:
+        return e.strerror or "cannot be read"
+    if head.startswith(b"\xff\xd8\xff"):
+        # A JPEG ends with the EOI marker; some writers pad a few bytes after it.
+        return None if b"\xff\xd9" in tail else "truncated JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None if b"IEND" in tail else "truncated PNG"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return None if tail.rstrip(b"\x00").endswith(b"\x3b") else "truncated GIF"
+    if head.startswith(b"BM") and len(head) >= 6:
+        declared = int.from_bytes(head[2:6], "little")
+        return None if declared <= size else "truncated BMP"
+    return "not a JPEG, PNG, BMP or GIF image"
+
+
+def check_images(paths: list[str], strict: bool, what: str) -> list[bool]:
+    """Flags which paths look readable; warns once about the rest (or fails if strict)."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        problems = list(pool.map(_problem, paths))
+    bad = [(p, why) for p, why in zip(paths, problems) if why]
+    if bad and strict:
+        path, why = bad[0]
+        raise UserError(f"{path}: {why} (data.strict is on)")
+    if bad:
+        first = "; ".join(f"{p} ({why})" for p, why in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        logging.warning("%s: skipping %d unreadable image file(s): %s%s",
+                        what, len(bad), first, more)
+    return [why is None for why in problems]
+
+
+def list_images(root: str, strict: bool = False) -> FileList:
+    """All images under root/<class>/, checked; errors in use raise UserError."""
+    if not os.path.exists(root):
+        raise UserError(f"{root}: data directory not found")
+    if not os.path.isdir(root):
+        raise UserError(f"{root}: not a directory")
+    class_names = sorted(d for d in os.listdir(root)
+                         if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    if not class_names:
+        raise UserError(f"{root}: no class sub-folders (expected {root}/<class>/<image>)")
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        class_dir = os.path.join(root, name)
+        files = []
+        for dirpath, _, filenames in sorted(os.walk(class_dir, followlinks=True)):
+            files += [os.path.join(dirpath, f) for f in sorted(filenames)
+                      if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+        if not files:
+            raise UserError(f"{class_dir}: class folder has no images "
+                            f"({', '.join(IMAGE_EXTENSIONS)})")
+        paths += files
+        labels += [label] * len(files)
+    readable = check_images(paths, strict, root)
+    kept = [(p, y) for p, y, ok in zip(paths, labels, readable) if ok]
+    if not kept:
+        raise UserError(f"{root}: none of the {len(paths)} image files can be read")
+    missing = sorted(set(range(len(class_names))) - {y for _, y in kept})
+    if missing:
+        raise UserError(f"{os.path.join(root, class_names[missing[0]])}: "
+                        "class folder has no readable images")
+    paths, labels = (list(t) for t in zip(*kept))
+    return FileList(paths, labels, class_names)

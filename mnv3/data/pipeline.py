@@ -1,0 +1,127 @@
+"""The input pipeline: source -> decode/augment -> batch -> prefetch.
+
+Batches are (images, one-hot labels). Images are uint8 0..255 (float32 after
+MixUp/CutMix, which blend pixels); labels are one-hot float32 so label
+smoothing and mixing need no special cases in the loss.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+from mnv3.config import Config, DataConfig
+from mnv3.data import preprocess
+from mnv3.data.sources import Source, load_source
+
+AUTOTUNE = tf.data.AUTOTUNE
+LABEL_RANGE_MESSAGE = "a label is outside 0..data.num_classes-1"
+
+
+def _epoch_seed(seed: int | None, epoch: int, stream: str) -> int | None:
+    """A distinct, reproducible seed per (run seed, epoch, purpose)."""
+    if seed is None:
+        return None
+    return zlib.crc32(f"{seed}/{epoch}/{stream}".encode()) & 0x7FFFFFFF
+
+
+def _check_label(image, label, num_classes):
+    checks = [tf.debugging.assert_less(label, num_classes, message=LABEL_RANGE_MESSAGE),
+              tf.debugging.assert_non_negative(label, message=LABEL_RANGE_MESSAGE)]
+    with tf.control_dependencies(checks):
+        label = tf.identity(label)
+    return image, tf.one_hot(label, num_classes, dtype=tf.float32)
+
+
+def _mix(cfg: DataConfig, seed: int | None):
+    """MixUp and/or CutMix on batches (one of them per batch when both are on)."""
+    mixers = []
+    if cfg.mixup_alpha > 0:
+        mixers.append(keras.layers.MixUp(alpha=cfg.mixup_alpha, seed=seed))
+    if cfg.cutmix_alpha > 0:
+        mixers.append(keras.layers.CutMix(factor=cfg.cutmix_alpha, seed=seed))
+    if not mixers:
+        return None
+
+    def apply(images, labels):
+        batch = {"images": tf.cast(images, tf.float32), "labels": labels}
+        if len(mixers) == 1:
+            out = mixers[0](batch)
+        else:
+            out = tf.cond(tf.random.uniform([], seed=seed) < 0.5,
+                          lambda: mixers[0](batch), lambda: mixers[1](batch))
+        return out["images"], out["labels"]
+    return apply
+
+
+class Pipeline(NamedTuple):
+    """Everything the trainer and exporter need to read the configured data."""
+
+    source: Source
+    cfg: Config
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.source.class_names
+
+    def steps_per_epoch(self, batch_size: int | None = None) -> int:
+        return max(1, self.source.train.size // (batch_size or self.cfg.train.batch_size))
+
+    def train(self, epoch: int = 0, batch_size: int | None = None) -> tf.data.Dataset:
+        """One epoch of augmented, shuffled training batches (same seed and epoch:
+        the same batches, so a resumed run sees what an uninterrupted one would)."""
+        d, seed = self.cfg.data, self.cfg.runtime.seed
+        ds = self.source.train.make(None if d.cache else _epoch_seed(seed, epoch, "order"))
+        if d.cache:  # cache decoded pixels, then shuffle them anew each epoch
+            ds = ds.map(lambda x, y: (preprocess.decode(x), y), num_parallel_calls=AUTOTUNE)
+            ds = ds.cache().shuffle(d.shuffle_buffer, seed=_epoch_seed(seed, epoch, "order"))
+        elif self.cfg.data.source == "tfrecord":  # records arrive in shard order
+            ds = ds.shuffle(d.shuffle_buffer, seed=_epoch_seed(seed, epoch, "order"))
+        # Stateless per-image seeds: augmentation is reproducible however many
+        # threads run the map.
+        aug_seeds = tf.data.Dataset.random(seed=_epoch_seed(seed, epoch, "augment")).batch(2)
+        ds = tf.data.Dataset.zip(ds, aug_seeds)
+        randaugment = None
+        if d.randaugment_ops:
+            randaugment = keras.layers.RandAugment(
+                value_range=(0, 255), num_ops=d.randaugment_ops,
+                factor=d.randaugment_magnitude, seed=_epoch_seed(seed, epoch, "randaug"))
+
+        def augment(example, image_seed):
+            image, label = example
+            image = preprocess.train_view(image, image_seed, d)
+            if randaugment is not None:
+                image = tf.cast(tf.clip_by_value(
+                    randaugment(tf.cast(image, tf.float32)), 0, 255), tf.uint8)
+            return image, label
+
+        ds = ds.map(augment, num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
+        return self._finish(ds, batch_size, training=True,
+                            mix=_mix(d, _epoch_seed(seed, epoch, "mix")))
+
+    def eval(self, batch_size: int | None = None) -> tf.data.Dataset:
+        """The evaluation data with eval preprocessing, in a fixed order."""
+        d = self.cfg.data
+        ds = self.source.eval.make(None)
+        ds = ds.map(lambda x, y: (preprocess.eval_view(x, d), y),
+                    num_parallel_calls=AUTOTUNE, deterministic=True)
+        return self._finish(ds, batch_size, training=False)
+
+    def _finish(self, ds, batch_size, training: bool, mix=None):
+        if not self.cfg.data.strict:
+            # Unreadable images that passed the cheap file checks are dropped here.
+            ds = ds.ignore_errors(log_warning=True)
+        ds = ds.map(lambda x, y: _check_label(x, y, self.cfg.data.num_classes))
+        ds = ds.batch(batch_size or self.cfg.train.batch_size, drop_remainder=training,
+                      num_parallel_calls=AUTOTUNE)
+        if mix is not None:
+            ds = ds.map(mix, num_parallel_calls=AUTOTUNE)
+        return ds.prefetch(AUTOTUNE)
+
+
+def make_pipeline(cfg: Config) -> Pipeline:
+    """Loads the configured source (listing and checking files) once."""
+    return Pipeline(load_source(cfg.data, seed=cfg.runtime.seed or 0), cfg)

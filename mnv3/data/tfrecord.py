@@ -1,0 +1,135 @@
+"""ImageNet-layout TFRecord shards, as TF-Slim and the TF Model Garden write them:
+`image/encoded` (JPEG/PNG bytes) and `image/class/label` (int64; 1..1000 in the
+1001-class files, hence `data.label_offset`).
+
+    python -m mnv3.data.tfrecord --src DIR --out DIR [--shards 16] [--prefix train]
+
+writes such shards from a class-per-folder directory, plus `labels.txt` (one
+class name per line) and `counts.json` (records per prefix) beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import tensorflow as tf
+
+from mnv3.errors import UserError
+
+FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def shard_files(directory: str, pattern: str) -> list[str]:
+    if not os.path.isdir(directory):
+        raise UserError(f"{directory}: TFRecord directory not found")
+    files = sorted(glob.glob(os.path.join(directory, pattern)))
+    if not files:
+        raise UserError(f"{directory}: no TFRecord shards match {pattern!r}")
+    return files
+
+
+def class_names(directory: str, num_classes: int) -> list[str]:
+    """Names from labels.txt beside the shards, else the label numbers."""
+    path = os.path.join(directory, "labels.txt")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip()]
+        if len(names) != num_classes:
+            raise UserError(f"{path}: lists {len(names)} classes but data.num_classes "
+                            f"is {num_classes}")
+        return names
+    return [str(i) for i in range(num_classes)]
+
+
+def record_count(directory: str, pattern: str, files: list[str]) -> int:
+    """From counts.json when the converter wrote one, else by reading the shards."""
+    path = os.path.join(directory, "counts.json")
+    prefix = pattern.rstrip("*").rstrip("-")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            counts = json.load(f)
+        if prefix in counts:
+            return int(counts[prefix])
+    return count_records(files)
+
+
+def count_records(files: list[str]) -> int:
+    return int(tf.data.TFRecordDataset(files).reduce(0, lambda n, _: n + 1))
+
+
+def read(files: list[str], label_offset: int, shuffle_seed=None):
+    """(encoded image, label) records; shards interleaved and shuffled when seeded."""
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(files), seed=shuffle_seed)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(8, len(files)),
+                       num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=shuffle_seed is not None)
+
+    def parse(record):
+        example = tf.io.parse_single_example(record, FEATURES)
+        label = tf.cast(example["image/class/label"], tf.int32) - label_offset
+        return example["image/encoded"], label
+
+    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def write_shards(src: str, out: str, shards: int, prefix: str, strict: bool = False) -> int:
+    """Converts a class-per-folder directory into `shards` TFRecord files."""
+    from mnv3.data.folder import list_images
+
+    files = list_images(src, strict=strict)
+    os.makedirs(out, exist_ok=True)
+    shards = max(1, min(shards, len(files.paths)))
+    for index in range(shards):
+        name = os.path.join(out, f"{prefix}-{index:05d}-of-{shards:05d}")
+        tmp = name + ".tmp"
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for path, label in zip(files.paths[index::shards], files.labels[index::shards]):
+                with open(path, "rb") as f:
+                    encoded = f.read()
+                example = tf.train.Example(features=tf.train.Features(feature={
+                    "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+                    "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                }))
+                writer.write(example.SerializeToString())
+        os.replace(tmp, name)  # a killed conversion leaves no half-written shard
+    with open(os.path.join(out, "labels.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(files.class_names) + "\n")
+    counts_path = os.path.join(out, "counts.json")
+    counts = {}
+    if os.path.exists(counts_path):
+        with open(counts_path, encoding="utf-8") as f:
+            counts = json.load(f)
+    counts[prefix] = len(files.paths)
+    with open(counts_path, "w", encoding="utf-8") as f:
+        json.dump(counts, f)
+    return len(files.paths)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m mnv3.data.tfrecord",
+                                     description="Write ImageNet-layout TFRecord shards "
+                                     "from a class-per-folder image directory.")
+    parser.add_argument("--src", required=True, help="directory with one sub-folder per class")
+    parser.add_argument("--out", required=True, help="output directory for the shards")
+    parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument("--prefix", default="train", help="shard name prefix "
+                        "(train or validation)")
+    parser.add_argument("--strict", action="store_true", help="fail on unreadable images")
+    args = parser.parse_args(argv)
+    count = write_shards(args.src, args.out, args.shards, args.prefix, args.strict)
+    print(f"wrote {count} images to {args.out}/{args.prefix}-*")
+
+
+if __name__ == "__main__":
+    from mnv3.cli import exit_on_user_error
+
+    exit_on_user_error(main, sys.argv[1:])

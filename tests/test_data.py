@@ -1,0 +1,271 @@
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mnv3 import config as config_lib
+from mnv3.data import LABEL_RANGE_MESSAGE, make_pipeline, preprocess
+from mnv3.data.folder import list_images
+from mnv3.data.sources import holdout
+from mnv3.data.synthetic import generate
+from mnv3.errors import UserError
+from tests.conftest import SHARED_DATA, assert_one_line_error, run_cli
+
+# The classic 1x1 GIF: real bytes of a real format TF can decode but not encode.
+TINY_GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04\x01"
+            b"\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+
+
+def bmp_bytes(rgb: np.ndarray) -> bytes:
+    """A 24-bit uncompressed BMP (rows bottom-up, BGR, padded to 4 bytes)."""
+    h, w, _ = rgb.shape
+    row = w * 3 + (-w * 3) % 4
+    pixels = b"".join(rgb[y, :, ::-1].tobytes().ljust(row, b"\0") for y in range(h - 1, -1, -1))
+    header = struct.pack("<2sIHHI", b"BM", 54 + len(pixels), 0, 0, 54)
+    info = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, len(pixels), 2835, 2835, 0, 0)
+    return header + info + pixels
+
+
+def random_rgb(rng, h=40, w=48):
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def make_folder(root, classes=("cat", "dog"), per_class=6, seed=0):
+    """Real encoded images in every supported format and colour mode."""
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        os.makedirs(root / c, exist_ok=True)
+        for i in range(per_class):
+            kind = i % 5
+            rgb = random_rgb(rng)
+            if kind == 0:
+                data = tf.io.encode_jpeg(rgb).numpy(); name = f"{i}.jpg"
+            elif kind == 1:
+                data = tf.io.encode_png(rgb).numpy(); name = f"{i}.png"
+            elif kind == 2:  # greyscale PNG
+                data = tf.io.encode_png(rgb[..., :1]).numpy(); name = f"{i}.PNG"
+            elif kind == 3:  # RGBA PNG
+                rgba = np.concatenate([rgb, rgb[..., :1]], -1)
+                data = tf.io.encode_png(rgba).numpy(); name = f"{i}.png"
+            else:
+                data = bmp_bytes(rgb); name = f"{i}.bmp"
+            (root / c / name).write_bytes(data)
+    (root / classes[0] / "tiny.gif").write_bytes(TINY_GIF)
+    return root
+
+
+def folder_cfg(train_dir, *extra, num_classes=2):
+    return config_lib.load(None, ["data.source=folder", f"data.train_dir={train_dir}",
+                                  "data.image_size=32", f"data.num_classes={num_classes}",
+                                  "train.batch_size=4", "data.val_fraction=0.25", *extra])
+
+
+def count_images(ds):
+    return sum(int(x.shape[0]) for x, _ in ds)
+
+
+def test_folder_decodes_every_format_to_rgb(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    files = list_images(str(root))
+    assert files.class_names == ["cat", "dog"] and len(files.paths) == 13
+    for path in files.paths:
+        image = preprocess.decode(tf.io.read_file(path))
+        assert image.shape[-1] == 3 and image.dtype == tf.uint8
+    pipeline = make_pipeline(folder_cfg(root))
+    assert pipeline.source.train.size + pipeline.source.eval.size == 13
+    for images, labels in pipeline.eval(batch_size=32):
+        assert images.shape[1:] == (32, 32, 3) and images.dtype == tf.uint8
+        assert labels.shape[1:] == (2,)
+
+
+def test_bad_files_are_skipped_with_one_warning(tmp_path, caplog):
+    root = make_folder(tmp_path / "imgs")
+    good_jpeg = tf.io.encode_jpeg(random_rgb(np.random.default_rng(1))).numpy()
+    (root / "cat" / "zero.jpg").write_bytes(b"")
+    (root / "cat" / "truncated.jpg").write_bytes(good_jpeg[: len(good_jpeg) // 2])
+    (root / "dog" / "notes.png").write_bytes(b"this is not an image at all\n")
+    (root / "dog" / "readme.txt").write_text("ignored: not an image extension")
+    with caplog.at_level("WARNING"):
+        files = list_images(str(root))
+    assert len(files.paths) == 13
+    warnings = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warnings) == 1 and "skipping 3 unreadable" in warnings[0]
+    assert "zero.jpg (empty file)" in warnings[0] and "truncated JPEG" in warnings[0]
+
+    with pytest.raises(UserError, match=r"truncated\.jpg: truncated JPEG \(data.strict"):
+        list_images(str(root), strict=True)
+
+
+def test_corrupt_data_behind_a_valid_header_is_dropped_at_decode(tmp_path):
+    root = make_folder(tmp_path / "imgs", per_class=4)
+    jpeg = bytearray(tf.io.encode_jpeg(random_rgb(np.random.default_rng(2))).numpy())
+    jpeg[200:-2] = bytes(len(jpeg) - 202)  # header and EOI intact, scan data zeroed
+    (root / "cat" / "garbled.jpg").write_bytes(bytes(jpeg))
+    jpeg[100:-2] = b"\xff" * (len(jpeg) - 102)
+    (root / "dog" / "garbled.jpg").write_bytes(bytes(jpeg))
+    cfg = folder_cfg(root, "data.eval_dir=" + str(root))
+    pipeline = make_pipeline(cfg)
+    total = pipeline.source.eval.size
+    assert total == 11
+    seen = count_images(pipeline.eval(batch_size=32))
+    assert total - 2 <= seen <= total  # libjpeg may recover some garbage as grey pixels
+
+
+@pytest.mark.parametrize("setup, fragment", [
+    (lambda r: os.makedirs(r / "cat"), "class folder has no images"),
+    (lambda r: os.makedirs(r), "no class sub-folders"),
+    (lambda r: None, "data directory not found"),
+])
+def test_unusable_folders_are_one_line_errors(tmp_path, setup, fragment):
+    root = tmp_path / "data"
+    setup(root)
+    with pytest.raises(UserError, match=fragment):
+        make_pipeline(folder_cfg(root))
+
+
+def test_class_count_mismatch_and_cli_exit_status(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    with pytest.raises(UserError, match="data.num_classes is 5 but .* has 2 classes"):
+        make_pipeline(folder_cfg(root, num_classes=5))
+    empty_class = make_folder(tmp_path / "other")
+    os.makedirs(empty_class / "zebra")
+    result = run_cli("benchmarks/input_pipeline.py", "--set", "data.source=folder",
+                     "--set", f"data.train_dir={empty_class}", "--set", "data.num_classes=3")
+    assert_one_line_error(result, "zebra", "no images")
+
+
+def test_holdout_is_stratified_and_fixed():
+    labels = np.repeat(np.arange(4), [100, 50, 20, 10])
+    train, held = holdout(labels, 0.1)
+    assert len(np.intersect1d(train, held)) == 0 and len(train) + len(held) == 180
+    assert np.bincount(labels[held]).tolist() == [10, 5, 2, 1]
+    assert (holdout(labels, 0.1)[1] == held).all()
+
+
+def test_training_batches_are_reproducible_per_seed_and_epoch():
+    cfg = config_lib.load(None, ["data.image_size=32", "data.synthetic_images=200",
+                                 "train.batch_size=16", "data.random_flip=true"])
+    pipeline = make_pipeline(cfg)
+    first = next(iter(pipeline.train(epoch=3)))[0].numpy()
+    again = next(iter(make_pipeline(cfg).train(epoch=3)))[0].numpy()
+    other_epoch = next(iter(pipeline.train(epoch=4)))[0].numpy()
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other_epoch)
+
+
+def test_eval_view_is_a_central_crop():
+    # Left half black, right half white; a central 50% crop of a 64x128 image
+    # keeps the middle 32 columns: half black, half white.
+    image = np.zeros((64, 128, 3), np.uint8)
+    image[:, 64:] = 255
+    cfg = config_lib.load(None, ["data.image_size=32", "data.eval_crop_fraction=0.5"]).data
+    for encoded in (tf.constant(image), tf.io.encode_png(image), tf.io.encode_jpeg(image)):
+        out = preprocess.eval_view(encoded, cfg).numpy()
+        assert out.shape == (32, 32, 3)
+        assert out[:, :14].max() < 20 and out[:, 18:].min() > 235
+
+
+def test_train_views_crop_and_pad():
+    rng = np.random.default_rng(0)
+    image = tf.constant(random_rgb(rng, 50, 70))
+    cfg = config_lib.load(None, ["data.image_size=32"]).data
+    seed = tf.constant([1, 2], tf.int64)
+    out = preprocess.train_view(image, seed, cfg)
+    assert out.shape == (32, 32, 3) and out.dtype == tf.uint8
+    np.testing.assert_array_equal(out, preprocess.train_view(image, seed, cfg))
+    padded = config_lib.load(None, ["data.image_size=32", "data.train_crop=pad_and_crop",
+                                    "data.pad_pixels=4", "data.random_flip=false"]).data
+    small = tf.constant(random_rgb(rng, 32, 32))
+    crops = [preprocess.train_view(small, tf.constant([s, 0], tf.int64), padded).numpy()
+             for s in range(20)]
+    # Every crop is a shifted copy of the original with zero borders.
+    assert any(not np.array_equal(c, small.numpy()) for c in crops)
+    assert any((c == 0).all(axis=(1, 2)).any() or (c == 0).all(axis=(0, 2)).any()
+               for c in crops)
+
+
+def test_randaugment_and_mixing_keep_shapes_and_soft_labels():
+    cfg = config_lib.load(None, ["data.image_size=32", "data.synthetic_images=200",
+                                 "train.batch_size=8", "data.randaugment_ops=2",
+                                 "data.mixup_alpha=0.2", "data.cutmix_alpha=1.0"])
+    images, labels = next(iter(make_pipeline(cfg).train()))
+    assert images.shape == (8, 32, 32, 3)
+    np.testing.assert_allclose(labels.numpy().sum(axis=1), 1.0, rtol=1e-5)
+    assert float(tf.reduce_max(images)) <= 255.0
+
+
+def test_synthetic_is_balanced_and_deterministic():
+    a, la = generate(100, 32, seed=5)
+    b, lb = generate(100, 32, seed=5)
+    np.testing.assert_array_equal(a, b)
+    assert np.bincount(la).tolist() == [10] * 10
+    assert a.dtype == np.uint8 and a.std() > 30
+
+
+def test_tfrecord_converter_and_reader(tmp_path):
+    root = make_folder(tmp_path / "imgs", per_class=5)
+    out = tmp_path / "records"
+    result = run_cli("-m", "mnv3.data.tfrecord", "--src", str(root), "--out", str(out),
+                     "--shards", "4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(os.listdir(out)) == ["counts.json", "labels.txt"] + [
+        f"train-{i:05d}-of-00004" for i in range(4)]
+    assert json.loads((out / "counts.json").read_text()) == {"train": 11}
+
+    cfg = config_lib.load(None, ["data.source=tfrecord", f"data.train_dir={out}",
+                                 "data.num_classes=2", "data.image_size=32",
+                                 "train.batch_size=2", "data.val_fraction=0.25"])
+    pipeline = make_pipeline(cfg)
+    assert pipeline.class_names == ["cat", "dog"]
+    assert pipeline.source.train.size + pipeline.source.eval.size == 11
+    assert count_images(pipeline.eval()) == pipeline.source.eval.size
+    # 1001-class files store labels from 1: a missing offset is caught, not trained on.
+    (out / "labels.txt").unlink()
+    shifted = config_lib.load(None, ["data.source=tfrecord", f"data.train_dir={out}",
+                                     "data.num_classes=2", "data.image_size=32",
+                                     "data.label_offset=1", "data.eval_dir=" + str(out),
+                                     "data.eval_pattern=train-*"])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=LABEL_RANGE_MESSAGE):
+        count_images(make_pipeline(shifted).eval())
+
+
+def test_tfds_source_with_mock_data():
+    import tensorflow_datasets as tfds
+
+    cfg = config_lib.load(None, ["data.source=tfds", "data.tfds_name=cifar10",
+                                 "data.image_size=32", "data.train_crop=pad_and_crop",
+                                 "train.batch_size=4", "data.eval_split=test"])
+    with tfds.testing.mock_data(num_examples=12):
+        pipeline = make_pipeline(cfg)
+        images, labels = next(iter(pipeline.train()))
+        assert images.shape == (4, 32, 32, 3) and labels.shape == (4, 10)
+        assert count_images(pipeline.eval()) == 12
+    wrong = config_lib.load(None, ["data.source=tfds", "data.tfds_name=cifar10",
+                                   "data.num_classes=100"])
+    with tfds.testing.mock_data(num_examples=4):
+        with pytest.raises(UserError, match="data.num_classes is 100"):
+            make_pipeline(wrong)
+
+
+def test_tfds_unprepared_dataset_is_a_clear_error(tmp_path):
+    cfg = config_lib.load(None, ["data.source=tfds", "data.tfds_name=cifar10",
+                                 f"data.tfds_data_dir={tmp_path}", "data.tfds_download=false"])
+    with pytest.raises(UserError, match="not prepared in .* data.tfds_download is off"):
+        make_pipeline(cfg)
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "imagenette", "train")),
+                    reason="../shared/data/imagenette is not here")
+def test_real_imagenette_folder():
+    root = os.path.join(SHARED_DATA, "imagenette", "train")
+    cfg = config_lib.load(None, ["data.source=folder", f"data.train_dir={root}",
+                                 "data.image_size=64", "train.batch_size=8"])
+    pipeline = make_pipeline(cfg)
+    assert pipeline.source.train.size + pipeline.source.eval.size == 9469
+    assert len(pipeline.class_names) == 10 and pipeline.class_names[0] == "n01440764"
+    images, labels = next(iter(pipeline.train()))
+    assert images.shape == (8, 64, 64, 3) and float(tf.reduce_mean(
+        tf.cast(images, tf.float32))) > 20
