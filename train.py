@@ -3,7 +3,7 @@
     python train.py --config configs/quickstart.yaml --model_dir runs/quickstart
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from mnv3 import config as config_lib
 from mnv3.cli import exit_on_user_error
@@ -19,6 +19,8 @@ FLAGS = flags.FLAGS
 
 def _main(argv):
     del argv
+    # TensorFlow's own INFO lines (checkpoint sharding, ...) drown the progress.
+    logging.set_verbosity(logging.WARNING)
     cfg = config_lib.load(FLAGS.config, FLAGS.set)
     from mnv3.training import run
 

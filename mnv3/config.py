@@ -130,8 +130,50 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    mode: Literal["train_and_eval", "train", "eval"] = _field(
+        "train_and_eval", "`train_and_eval` evaluates after every epoch; `eval` only "
+        "evaluates the latest checkpoint.")
     epochs: int = _field(10, "Passes over the training data.", min=1)
     batch_size: int = _field(64, "Global batch size (all replicas together).", min=1)
+    optimizer: Literal["rmsprop", "sgd", "adamw"] = _field(
+        "adamw", "`rmsprop` as in the paper, `sgd` with momentum, or `adamw`.")
+    learning_rate: float = _field(
+        0.002, "Peak learning rate at `base_batch_size`; scaled linearly with "
+        "`batch_size`.", min=0.0, min_exclusive=True)
+    base_batch_size: int = _field(
+        256, "Batch size that `learning_rate` is quoted for.", min=1)
+    schedule: Literal["cosine", "exponential", "constant"] = _field(
+        "cosine", "Decay after warm-up: cosine to zero, exponential staircase "
+        "(paper), or constant.")
+    warmup_epochs: float = _field(1.0, "Linear warm-up from zero.", min=0.0)
+    decay_rate: float = _field(
+        0.99, "`exponential`: factor applied every `decay_epochs`.", min=0.0, max=1.0,
+        min_exclusive=True)
+    decay_epochs: float = _field(
+        3.0, "`exponential`: epochs between decays.", min=0.0, min_exclusive=True)
+    momentum: float = _field(0.9, "`rmsprop` / `sgd` momentum.", min=0.0, max=1.0)
+    rho: float = _field(0.9, "`rmsprop` decay of the squared-gradient average.",
+                        min=0.0, max=1.0)
+    epsilon: float = _field(
+        0.002, "`rmsprop`: TF1-style epsilon (inside the square root, as in the "
+        "paper's TF code).", min=0.0, min_exclusive=True)
+    nesterov: bool = _field(False, "`sgd`: Nesterov momentum.")
+    weight_decay: float = _field(
+        1e-5, "L2 on conv and dense kernels (not BatchNorm or biases); decoupled "
+        "for `adamw` (use about 0.05 there).", min=0.0)
+    label_smoothing: float = _field(0.0, "Label smoothing.", min=0.0, max=0.5)
+    clip_grad_norm: Optional[float] = _field(
+        None, "Clip gradients to this global norm; null: no clipping.",
+        min=0.0, min_exclusive=True)
+    ema_decay: Optional[float] = _field(
+        None, "Exponential moving average of the weights (paper 0.9999); evaluation "
+        "and best.keras use the averaged weights. null: off.",
+        min=0.0, max=1.0, min_exclusive=True)
+    checkpoint_every_steps: int = _field(
+        0, "Also checkpoint every N steps within an epoch (0: at epoch ends only).",
+        min=0)
+    keep_checkpoints: int = _field(3, "How many recent checkpoints to keep.", min=1)
+    log_every_steps: int = _field(50, "Log line interval when not on a terminal.", min=1)
 
 
 @dataclass
@@ -144,6 +186,14 @@ class ExportConfig:
 class RuntimeConfig:
     seed: Optional[int] = _field(
         0, "Random seed for weights, data order and augmentation; null for none.", min=0)
+    strategy: Literal["default", "mirrored", "multi_worker_mirrored", "tpu"] = _field(
+        "default", "tf.distribute strategy: one device, all local GPUs, several "
+        "machines from TF_CONFIG, or a TPU.")
+    tpu: Optional[str] = _field(None, "`tpu`: TPU name or address (null: local).")
+    mixed_precision: Optional[Literal["mixed_float16", "mixed_bfloat16"]] = _field(
+        None, "Keras mixed-precision policy; null: float32 (best on CPU).")
+    jit_compile: bool = _field(
+        False, "XLA-compile the train step (GPU/TPU; 3-6x slower on CPU here).")
 
 
 @dataclass
@@ -259,6 +309,8 @@ def _check_consistency(cfg: Config):
         raise ConfigError(f"data.train_dir: needed for data.source: {cfg.data.source}")
     if cfg.data.source == "tfds" and not cfg.data.tfds_name:
         raise ConfigError("data.tfds_name: needed for data.source: tfds")
+    if cfg.runtime.strategy == "multi_worker_mirrored" and cfg.runtime.seed is None:
+        raise ConfigError("runtime.seed: workers must share a seed to split the data")
     if cfg.model.feature_outputs and cfg.model.include_top:
         raise ConfigError("model.feature_outputs: needs model.include_top: false")
     total_stride = 2 ** (5 - cfg.model.remove_early_strides)

@@ -1,0 +1,84 @@
+"""The files of one run: model_dir/{config.yaml, labels.txt, checkpoints/,
+best.keras, metrics.jsonl, tb/}."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+
+from mnv3 import config as config_lib
+from mnv3.config import Config
+from mnv3.errors import UserError
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class RunDir:
+    def __init__(self, path: str):
+        self.path = path
+        self.config = os.path.join(path, "config.yaml")
+        self.labels = os.path.join(path, "labels.txt")
+        self.checkpoints = os.path.join(path, "checkpoints")
+        self.best_model = os.path.join(path, "best.keras")
+        self.metrics = os.path.join(path, "metrics.jsonl")
+        self.tensorboard = os.path.join(path, "tb")
+
+    def ensure_writable(self) -> None:
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.path, prefix=".write-test-"):
+                pass
+        except OSError as e:
+            raise UserError(f"{self.path}: model_dir is not writable "
+                            f"({e.strerror or e})") from None
+
+    def check_compatible(self, cfg: Config) -> None:
+        """A model_dir holds one model: refuse a config that builds a different one."""
+        if not os.path.exists(self.config):
+            return
+        try:
+            previous = config_lib.load(self.config)
+        except UserError as e:
+            raise UserError(f"{self.path}: existing run has an unreadable config ({e})") from None
+        mine = {"model": dataclasses.asdict(cfg.model), "data.image_size": cfg.data.image_size,
+                "data.num_classes": cfg.data.num_classes}
+        theirs = {"model": dataclasses.asdict(previous.model),
+                  "data.image_size": previous.data.image_size,
+                  "data.num_classes": previous.data.num_classes}
+        for key in mine:
+            if mine[key] == theirs[key]:
+                continue
+            if key == "model":
+                diff = [k for k in mine[key] if mine[key][k] != theirs[key][k]]
+                key = f"model.{diff[0]}"
+                old, new = theirs["model"][diff[0]], mine["model"][diff[0]]
+            else:
+                old, new = theirs[key], mine[key]
+            raise UserError(f"{self.path} holds a model trained with {key}={old!r}, but the "
+                            f"config says {new!r}; use a new --model_dir")
+
+    def save_config(self, cfg: Config) -> None:
+        config_lib.save(cfg, self.config)
+
+    def save_labels(self, class_names: list[str]) -> None:
+        write_text_atomically(self.labels, "\n".join(class_names) + "\n")
+
+    def read_labels(self) -> list[str]:
+        with open(self.labels, encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in f if line.strip()]
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
