@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import tempfile
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ from typing import Literal, Optional
 import yaml
 
 from mnv3.errors import UserError
+
+
+_YAML11_FLOAT_MISSED = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(UserError):
@@ -251,6 +255,9 @@ def _coerce(value, tp, where: str):
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str) and _YAML11_FLOAT_MISSED.fullmatch(value.strip()):
+        # PyYAML (YAML 1.1) reads `1e-3` as a string; everyone means the number.
         return float(value)
     if tp is str and isinstance(value, str):
         return value

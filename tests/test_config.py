@@ -49,6 +49,13 @@ def test_bad_values_name_file_and_dotted_key(write_yaml, text, fragments):
         assert fragment in message, message
 
 
+def test_exponent_floats_that_yaml_1_1_reads_as_strings(write_yaml):
+    cfg = config_lib.load(write_yaml("train:\n  learning_rate: 1e-3\n"), ["train.weight_decay=4E-5"])
+    assert cfg.train.learning_rate == 0.001 and cfg.train.weight_decay == 4e-5
+    with pytest.raises(ConfigError, match="train.learning_rate"):
+        config_lib.load(write_yaml("train:\n  learning_rate: 1e-3x\n"))
+
+
 def test_bad_files(tmp_path, write_yaml):
     with pytest.raises(ConfigError, match="not found"):
         config_lib.load(str(tmp_path / "missing.yaml"))

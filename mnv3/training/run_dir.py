@@ -52,11 +52,13 @@ class RunDir:
             previous = config_lib.load(self.config)
         except UserError as e:
             raise UserError(f"{self.path}: existing run has an unreadable config ({e})") from None
-        mine = {"model": dataclasses.asdict(cfg.model), "data.image_size": cfg.data.image_size,
-                "data.num_classes": cfg.data.num_classes}
-        theirs = {"model": dataclasses.asdict(previous.model),
-                  "data.image_size": previous.data.image_size,
-                  "data.num_classes": previous.data.num_classes}
+        # What the checkpoint's variables depend on: the network and its optimiser.
+        def identity(c: Config) -> dict:
+            return {"model": dataclasses.asdict(c.model), "data.image_size": c.data.image_size,
+                    "data.num_classes": c.data.num_classes,
+                    "train.optimizer": c.train.optimizer,
+                    "train.ema_decay is set": c.train.ema_decay is not None}
+        mine, theirs = identity(cfg), identity(previous)
         for key in mine:
             if mine[key] == theirs[key]:
                 continue
