@@ -17,6 +17,12 @@ from mnv3.model import specs
 
 INPUT_NAME = "image"
 
+# He initialisation over fan-out (as torchvision's MobileNetV3). For a depthwise
+# kernel, Keras counts fan-out as k*k, its true fan-in, so activations keep their
+# scale through the network from step 0 (Glorot shrinks them block by block).
+CONV_INIT = keras.initializers.VarianceScaling(2.0, mode="fan_out",
+                                               distribution="truncated_normal")
+
 
 def make_divisible(value: float, divisor: int = 8) -> int:
     """Rounds channels to a multiple of 8, never more than 10% below `value`
@@ -30,17 +36,25 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 class _Builder:
     """Holds the per-model settings so the block helpers stay short."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, hard_swish_times_6: bool = False):
         self.cfg = cfg
+        self.hard_swish_times_6 = hard_swish_times_6
 
     def activation(self, x, kind: str, name: str):
         if kind == "relu":
             return layers.ReLU(name=name)(x)
+        if self.hard_swish_times_6:
+            # x * relu6(x + 3), i.e. 6 * hard_swish(x): the TFLite converter leaves
+            # it as ADD/RELU6/MUL, fast in int8 (its fused HARD_SWISH is not); the
+            # 1/6 goes into the weights of the next linear layer (export.graph).
+            gate = layers.ReLU(6.0, name=f"{name}_relu6")(
+                layers.Rescaling(1.0, offset=3.0, name=f"{name}_shift")(x))
+            return layers.Multiply(name=name)([x, gate])
         return layers.Activation("hard_swish", name=name)(x)
 
     def conv_bn(self, x, filters: int, kernel: int, stride: int, name: str):
         x = layers.Conv2D(filters, kernel, strides=stride, padding="same",
-                          use_bias=False, name=name)(x)
+                          use_bias=False, kernel_initializer=CONV_INIT, name=name)(x)
         return layers.BatchNormalization(momentum=self.cfg.bn_momentum,
                                          epsilon=self.cfg.bn_epsilon,
                                          name=f"{name}_bn")(x)
@@ -65,7 +79,8 @@ class _Builder:
             x = self.conv_bn(x, expanded, 1, 1, f"{name}_expand")
             x = self.activation(x, block.activation, f"{name}_expand_act")
         x = layers.DepthwiseConv2D(block.kernel, strides=stride, padding="same",
-                                   use_bias=False, name=f"{name}_depthwise")(x)
+                                   use_bias=False, depthwise_initializer=CONV_INIT,
+                                   name=f"{name}_depthwise")(x)
         x = layers.BatchNormalization(momentum=self.cfg.bn_momentum,
                                       epsilon=self.cfg.bn_epsilon,
                                       name=f"{name}_depthwise_bn")(x)
@@ -84,22 +99,27 @@ def block_table(cfg: ModelConfig):
 
 
 def build_model(cfg: ModelConfig, image_size: int | None, num_classes: int,
-                name: str | None = None) -> keras.Model:
+                name: str | None = None, *, batch_size: int | None = None,
+                include_rescaling: bool = True,
+                hard_swish_times_6: bool = False) -> keras.Model:
     """MobileNetV3 taking RGB images with values 0..255 (float), any size >= 32.
 
     `image_size=None` builds a model that accepts any height and width.
     Outputs class probabilities (or logits with classifier_activation=linear);
     with include_top=False a pooled feature vector, the last feature map, or
     with feature_outputs=True a list of maps at strides 8, 16 and 32.
+    The keyword-only options serve the TFLite export (see mnv3.export.graph).
     """
-    b = _Builder(cfg)
+    b = _Builder(cfg, hard_swish_times_6)
     blocks = block_table(cfg)
     top_activation = "relu" if cfg.minimalistic else "hard_swish"
     strides_to_remove = cfg.remove_early_strides
 
-    inputs = keras.Input((image_size, image_size, 3), name=INPUT_NAME)
+    inputs = keras.Input((image_size, image_size, 3), batch_size=batch_size, name=INPUT_NAME)
     # Preprocessing lives in the model, so apps feed raw 0..255 pixels.
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
+    x = inputs
+    if include_rescaling:
+        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(x)
 
     stem_stride = 2
     if strides_to_remove:

@@ -70,9 +70,9 @@ class Trainer:
             from_logits=cfg.model.classifier_activation == "linear",
             label_smoothing=cfg.train.label_smoothing, reduction=None)
         self.kernels = optim.decayed_weights(self.model) if optim.uses_l2_loss(cfg.train) else []
-        self._train_fn = tf.function(self._distributed_train_step,
+        self.train_step = tf.function(self._distributed_train_step,
                                      jit_compile=cfg.runtime.jit_compile or None)
-        self._eval_fn = tf.function(self._distributed_eval_step, reduce_retracing=True)
+        self.eval_step = tf.function(self._distributed_eval_step, reduce_retracing=True)
         self.writer = tf.summary.create_file_writer(run_dir.tensorboard) if self.chief \
             else tf.summary.create_noop_writer()
 
@@ -117,7 +117,7 @@ class Trainer:
 
     # --- data -------------------------------------------------------------------
 
-    def _distribute(self, ds: tf.data.Dataset):
+    def distribute(self, ds: tf.data.Dataset):
         options = tf.data.Options()
         # Sources read files inside map(), so sharding by file cannot work; every
         # worker builds the same seeded stream and keeps its share of elements.
@@ -149,8 +149,8 @@ class Trainer:
             self.ema.on_test_begin()
         try:
             totals = None
-            for batch in self._distribute(self.pipeline.eval()):
-                out = self._eval_fn(batch)
+            for batch in self.distribute(self.pipeline.eval()):
+                out = self.eval_step(batch)
                 totals = _add(totals, out)
         finally:
             if self.ema:
@@ -191,8 +191,8 @@ class Trainer:
         progress = keras.utils.Progbar(spe, stateful_metrics=["loss", "top1", "lr"]) \
             if sys.stdout.isatty() and self.chief else None
         totals, started, images = None, time.perf_counter(), 0
-        for batch in self._distribute(ds):
-            out = {k: float(v) for k, v in self._train_fn(batch).items()}
+        for batch in self.distribute(ds):
+            out = {k: float(v) for k, v in self.train_step(batch).items()}
             step = int(self.optimizer.iterations.numpy())
             if not np.isfinite(out["loss"]):
                 raise UserError(

@@ -1,0 +1,99 @@
+"""Training throughput (images/s) of our trainer against keras.applications'
+MobileNetV3 compiled and fitted plainly, same batch, resolution and data, one run.
+
+    python benchmarks/train_throughput.py --variant small --image_size 224 --batch_size 32 --json
+
+Both train from the same in-memory batches, so only the model and the training
+step are compared; each is timed over `--steps` steps after `--warmup` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _batches(image_size: int, batch_size: int, classes: int):
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8)
+    labels = tf.one_hot(rng.integers(0, classes, batch_size), classes)
+    return tf.data.Dataset.from_tensors((images, labels)).repeat()
+
+
+def time_keras_fit(variant, image_size, batch_size, steps, warmup, classes=10) -> float:
+    import keras
+    import tensorflow as tf
+
+    build = {"small": keras.applications.MobileNetV3Small,
+             "large": keras.applications.MobileNetV3Large}[variant]
+    model = build(input_shape=(image_size, image_size, 3), weights=None, classes=classes)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3),
+                  loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
+    data = _batches(image_size, batch_size, classes).map(
+        lambda x, y: (tf.cast(x, tf.float32), y))
+    model.fit(data, steps_per_epoch=warmup, epochs=1, verbose=0)
+    start = time.perf_counter()
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def time_ours(variant, image_size, batch_size, steps, warmup, classes=10) -> float:
+    import tensorflow as tf
+
+    from mnv3 import config as config_lib
+    from mnv3.data.pipeline import Pipeline
+    from mnv3.data.sources import Source, Split
+    from mnv3.training.run_dir import RunDir
+    from mnv3.training.trainer import Trainer
+
+    cfg = config_lib.load(None, [f"model.variant={variant}", f"data.image_size={image_size}",
+                                 f"data.num_classes={classes}", f"train.batch_size={batch_size}"])
+    data = _batches(image_size, batch_size, classes)
+    split = Split(lambda seed: data, batch_size * steps)
+    pipeline = Pipeline(Source(split, split, [str(i) for i in range(classes)]), cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, RunDir(tmp), tf.distribute.get_strategy(), pipeline)
+        iterator = iter(trainer.distribute(data))
+        for _ in range(warmup):
+            trainer.train_step(next(iterator))["loss"].numpy()
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = trainer.train_step(next(iterator))
+        out["loss"].numpy()
+        return steps * batch_size / (time.perf_counter() - start)
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", choices=["small", "large"], default="small")
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    common = (args.variant, args.image_size, args.batch_size, args.steps, args.warmup)
+    keras_ips = time_keras_fit(*common)
+    ours_ips = time_ours(*common)
+    result = {"variant": args.variant, "image_size": args.image_size,
+              "batch_size": args.batch_size, "steps": args.steps,
+              "keras_applications_fit_images_per_sec": round(keras_ips, 1),
+              "ours_images_per_sec": round(ours_ips, 1),
+              "ours_over_keras": round(ours_ips / keras_ips, 3),
+              "cpu_count": os.cpu_count()}
+    print(json.dumps(result) if args.json else
+          f"ours {ours_ips:.1f} img/s, keras.applications fit {keras_ips:.1f} img/s "
+          f"({ours_ips / keras_ips:.2f}x)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,73 @@
+"""Keras model -> TFLite flatbuffer, one quantization mode at a time.
+
+Only built-in TFLite ops are allowed (no Flex / SELECT_TF_OPS, which Android apps
+without the Flex delegate cannot run); the model goes through a SavedModel with
+one named signature, so the .tflite has a `serving_default` signature with input
+`image` and output `probabilities`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Callable, Iterable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mnv3.errors import UserError
+
+MODES = ("float32", "fp16", "dynamic", "int8")
+SIGNATURE = "serving_default"
+IO_TYPES = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}
+
+
+def _saved_model(model: keras.Model, directory: str) -> None:
+    spec = tf.TensorSpec(model.input.shape, tf.float32, name="image")
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name=SIGNATURE,
+        fn=lambda image: {"probabilities": model(image, training=False)},
+        input_signature=[spec])
+    archive.write_out(directory, verbose=False)
+
+
+def convert(model: keras.Model, mode: str,
+            representative: Callable[[], Iterable[np.ndarray]] | None = None,
+            input_type: str = "uint8", output_type: str = "float32") -> bytes:
+    """The .tflite bytes of `model` in `mode` (int8 needs `representative`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        _saved_model(model, tmp)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SIGNATURE])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if mode == "fp16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif mode == "dynamic":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        elif mode == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([x] for x in representative())
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = IO_TYPES[input_type]
+            converter.inference_output_type = IO_TYPES[output_type]
+        try:
+            return converter.convert()
+        except Exception as e:  # the converter raises many types; name the mode
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"TFLite conversion ({mode}) failed: {first[:300]}") from None
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """A failed or killed export never leaves a partial .tflite behind."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".tflite")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

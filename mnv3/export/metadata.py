@@ -1,0 +1,107 @@
+"""TFLite model metadata, so MediaPipe Tasks' ImageClassifier (what Android apps
+use) loads a model with no code: name, description, input image properties and
+normalisation, and labels.txt as an associated file of the output tensor.
+
+Written with the metadata and TFLite flatbuffer schemas that ship with mediapipe
+(its metadata *writers* import a compiled module the wheel lacks).
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import flatbuffers
+import numpy as np
+from mediapipe.tasks.metadata import metadata_schema_py_generated as md
+from mediapipe.tasks.metadata import schema_py_generated as tfl
+
+METADATA_NAME = "TFLITE_METADATA"
+LABELS_FILE = "labels.txt"
+
+
+def _metadata(name: str, description: str, mean: float, std: float,
+              num_classes: int) -> bytes:
+    image = md.TensorMetadataT()
+    image.name = "image"
+    image.description = ("RGB image, values 0..255 (the model normalises them itself), "
+                         "batch 1, fixed height and width.")
+    image.content = md.ContentT()
+    image.content.contentPropertiesType = md.ContentProperties.ImageProperties
+    image.content.contentProperties = md.ImagePropertiesT()
+    image.content.contentProperties.colorSpace = md.ColorSpaceType.RGB
+    normalization = md.ProcessUnitT()
+    normalization.optionsType = md.ProcessUnitOptions.NormalizationOptions
+    normalization.options = md.NormalizationOptionsT()
+    normalization.options.mean = [mean]
+    normalization.options.std = [std]
+    image.processUnits = [normalization]
+    image.stats = md.StatsT()
+    image.stats.min, image.stats.max = [0.0], [255.0]
+
+    scores = md.TensorMetadataT()
+    scores.name = "probabilities"
+    scores.description = f"Probabilities of the {num_classes} classes in labels.txt."
+    scores.content = md.ContentT()
+    scores.content.contentPropertiesType = md.ContentProperties.FeatureProperties
+    scores.content.contentProperties = md.FeaturePropertiesT()
+    scores.stats = md.StatsT()
+    scores.stats.min, scores.stats.max = [0.0], [1.0]
+    labels = md.AssociatedFileT()
+    labels.name = LABELS_FILE
+    labels.description = "Class names, one per line, in output order."
+    labels.type = md.AssociatedFileType.TENSOR_AXIS_LABELS
+    scores.associatedFiles = [labels]
+
+    graph = md.SubGraphMetadataT()
+    graph.inputTensorMetadata = [image]
+    graph.outputTensorMetadata = [scores]
+    model = md.ModelMetadataT()
+    model.name = name
+    model.description = description
+    model.version = "1"
+    model.author = "mnv3"
+    model.subgraphMetadata = [graph]
+    model.minParserVersion = "1.0.0"
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), b"M001")  # the metadata file identifier
+    return bytes(builder.Output())
+
+
+def add_metadata(tflite: bytes, *, name: str, description: str, labels: list[str],
+                 mean: float, std: float) -> bytes:
+    """`tflite` with metadata inside and labels.txt appended as a zip (the TFLite
+    metadata format: the model stays a valid flatbuffer and a valid zip)."""
+    model = tfl.ModelT.InitFromObj(tfl.Model.GetRootAsModel(tflite, 0))
+    buffer = tfl.BufferT()
+    buffer.data = np.frombuffer(_metadata(name, description, mean, std, len(labels)),
+                                np.uint8)
+    model.buffers.append(buffer)
+    entry = tfl.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()
+                      and m.name != METADATA_NAME] + [entry]
+    builder = flatbuffers.Builder(1024 * 1024)
+    builder.Finish(model.Pack(builder), b"TFL3")
+    out = io.BytesIO(bytes(builder.Output()))
+    out.seek(0, io.SEEK_END)
+    with zipfile.ZipFile(out, "a") as archive:
+        archive.writestr(LABELS_FILE, "\n".join(labels) + "\n")
+    return out.getvalue()
+
+
+def read_metadata(tflite: bytes) -> md.ModelMetadataT:
+    """The ModelMetadata of a .tflite (for tests and the report)."""
+    model = tfl.Model.GetRootAsModel(tflite, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name().decode() == METADATA_NAME:
+            data = model.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
+            return md.ModelMetadataT.InitFromObj(md.ModelMetadata.GetRootAsModelMetadata(data, 0))
+    raise ValueError("no TFLite metadata")
+
+
+def associated_files(tflite: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(tflite)) as archive:
+        return {n: archive.read(n) for n in archive.namelist()}
