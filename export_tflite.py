@@ -3,7 +3,7 @@
     python export_tflite.py --model_dir runs/quickstart [--quant float32,int8]
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from mnv3 import config as config_lib
 from mnv3.cli import exit_on_user_error
@@ -22,6 +22,8 @@ FLAGS = flags.FLAGS
 def _main(argv):
     del argv
     import os
+
+    logging.set_verbosity(logging.WARNING)
 
     config_path = FLAGS.config or os.path.join(FLAGS.model_dir, "config.yaml")
     overrides = list(FLAGS.set)

@@ -183,7 +183,18 @@ class TrainConfig:
 @dataclass
 class ExportConfig:
     quant: list[Literal["float32", "fp16", "dynamic", "int8"]] = _field(
-        ["float32", "int8"], "TFLite modes to write.")
+        ["float32", "int8"], "TFLite modes to write: float32, fp16 (float16 weights), "
+        "dynamic (int8 weights), int8 (int8 weights and activations).")
+    int8_input: Literal["uint8", "int8", "float32"] = _field(
+        "uint8", "`int8` mode input type; uint8 takes raw 0..255 pixels.")
+    int8_output: Literal["float32", "uint8", "int8"] = _field(
+        "float32", "`int8` mode output type.")
+    calibration_images: int = _field(
+        256, "Training images (eval preprocessing) used to calibrate int8.", min=1)
+    eval_images: Optional[int] = _field(
+        None, "Evaluation images for the report's accuracy; null: all.", min=1)
+    latency_runs: int = _field(50, "Timed runs per model (median reported).", min=1)
+    threads: int = _field(1, "Interpreter threads for the latency figure.", min=1)
 
 
 @dataclass

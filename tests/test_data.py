@@ -137,6 +137,19 @@ def test_class_count_mismatch_and_cli_exit_status(tmp_path):
     assert_one_line_error(result, "zebra", "no images")
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_training_batches_mix_classes(tmp_path, cache):
+    # Folders list images class by class; every batch must still mix them
+    # (a partial shuffle buffer over that order once fed one class at a time).
+    root = make_folder(tmp_path / "imgs", classes=("a", "b", "c", "d"), per_class=30)
+    cfg = folder_cfg(root, f"data.cache={str(cache).lower()}", "data.shuffle_buffer=4",
+                     num_classes=4)
+    pipeline = make_pipeline(cfg)
+    for epoch in range(2):
+        for _, labels in pipeline.train(epoch=epoch, batch_size=16):
+            assert len(set(np.argmax(labels.numpy(), axis=-1))) >= 3
+
+
 def test_holdout_is_stratified_and_fixed():
     labels = np.repeat(np.arange(4), [100, 50, 20, 10])
     train, held = holdout(labels, 0.1)

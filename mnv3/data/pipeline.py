@@ -8,14 +8,12 @@ smoothing and mixing need no special cases in the loss.
 from __future__ import annotations
 
 import zlib
-from typing import NamedTuple
-
 import keras
 import tensorflow as tf
 
 from mnv3.config import Config, DataConfig
 from mnv3.data import preprocess
-from mnv3.data.sources import Source, load_source
+from mnv3.data.sources import HOLDOUT_SEED, Source, load_source
 
 AUTOTUNE = tf.data.AUTOTUNE
 LABEL_RANGE_MESSAGE = "a label is outside 0..data.num_classes-1"
@@ -57,11 +55,13 @@ def _mix(cfg: DataConfig, seed: int | None):
     return apply
 
 
-class Pipeline(NamedTuple):
+class Pipeline:
     """Everything the trainer and exporter need to read the configured data."""
 
-    source: Source
-    cfg: Config
+    def __init__(self, source: Source, cfg: Config):
+        self.source = source
+        self.cfg = cfg
+        self._cached_train = None  # one in-memory cache, reused by every epoch
 
     @property
     def class_names(self) -> list[str]:
@@ -74,11 +74,19 @@ class Pipeline(NamedTuple):
         """One epoch of augmented, shuffled training batches (same seed and epoch:
         the same batches, so a resumed run sees what an uninterrupted one would)."""
         d, seed = self.cfg.data, self.cfg.runtime.seed
-        ds = self.source.train.make(None if d.cache else _epoch_seed(seed, epoch, "order"))
-        if d.cache:  # cache decoded pixels, then shuffle them anew each epoch
-            ds = ds.map(lambda x, y: (preprocess.decode(x), y), num_parallel_calls=AUTOTUNE)
-            ds = ds.cache().shuffle(d.shuffle_buffer, seed=_epoch_seed(seed, epoch, "order"))
-        elif self.cfg.data.source == "tfrecord":  # records arrive in shard order
+        if d.cache:
+            # Decoded pixels cached once, in a fixed mixed order, then all of them
+            # shuffled anew each epoch. (Folders list class by class; a partial
+            # shuffle buffer over that order would feed a few classes at a time.)
+            if self._cached_train is None:
+                self._cached_train = self.source.train.make(HOLDOUT_SEED).map(
+                    lambda x, y: (preprocess.decode(x), y),
+                    num_parallel_calls=AUTOTUNE).cache()
+            ds = self._cached_train.shuffle(self.source.train.size,
+                                            seed=_epoch_seed(seed, epoch, "order"))
+        else:
+            ds = self.source.train.make(_epoch_seed(seed, epoch, "order"))
+        if not d.cache and d.source == "tfrecord":  # records arrive in shard order
             ds = ds.shuffle(d.shuffle_buffer, seed=_epoch_seed(seed, epoch, "order"))
         # Stateless per-image seeds: augmentation is reproducible however many
         # threads run the map.
@@ -109,6 +117,16 @@ class Pipeline(NamedTuple):
         ds = ds.map(lambda x, y: (preprocess.eval_view(x, d), y),
                     num_parallel_calls=AUTOTUNE, deterministic=True)
         return self._finish(ds, batch_size, training=False)
+
+    def calibration(self, count: int) -> tf.data.Dataset:
+        """`count` training images with eval preprocessing, one at a time: what int8
+        calibration sees is what the phone will (fixed order, no augmentation)."""
+        d = self.cfg.data
+        ds = self.source.train.make(HOLDOUT_SEED).take(count)
+        ds = ds.map(lambda x, y: (preprocess.eval_view(x, d), y), num_parallel_calls=AUTOTUNE)
+        if not d.strict:
+            ds = ds.ignore_errors()
+        return ds.map(lambda x, y: x)
 
     def _finish(self, ds, batch_size, training: bool, mix=None):
         if not self.cfg.data.strict:

@@ -39,10 +39,13 @@ def _fed_by_scaled_hard_swish(layer) -> bool:
             return isinstance(op, layers.Multiply) and op.name.endswith("_act")
 
 
-def export_graph(trained: keras.Model, cfg: Config, for_int8: bool) -> keras.Model:
-    """A batch-1 copy of `trained` (same weights); with the int8 rewrites if asked."""
+def export_graph(trained: keras.Model, cfg: Config, for_int8: bool,
+                 quantized_input: bool = True) -> keras.Model:
+    """A batch-1 copy of `trained` (same weights); with the int8 rewrites if asked
+    (the input scaling stays in the graph when the int8 model takes float input)."""
     model = build_model(cfg.model, cfg.data.image_size, cfg.data.num_classes,
-                        name=trained.name, batch_size=1, include_rescaling=not for_int8,
+                        name=trained.name, batch_size=1,
+                        include_rescaling=not (for_int8 and quantized_input),
                         hard_swish_times_6=for_int8)
     for layer in model.layers:
         if not layer.weights:

@@ -1,0 +1,88 @@
+"""TFLite latency of our float32 and int8 exports against keras.applications'
+MobileNetV3 exported the usual way, one run, same machine, same calibration.
+
+    python benchmarks/tflite_latency.py --variant large --json
+
+Randomly initialised models at 224 px, 1000 classes; ai-edge-litert with its
+default XNNPACK delegate, 1 thread, batch 1; median of --runs invokes after
+warm-up. keras.applications goes SavedModel -> TFLiteConverter (full int8, uint8
+input, float output, like ours), calibrated on the same images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _keras_applications_tflite(variant: str, size: int, calibration, int8: bool) -> bytes:
+    import keras
+    import tensorflow as tf
+
+    build = {"small": keras.applications.MobileNetV3Small,
+             "large": keras.applications.MobileNetV3Large}[variant]
+    model = build(input_shape=(size, size, 3), weights=None)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.export(tmp, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        if int8:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([x[None]] for x in calibration)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.uint8
+            converter.inference_output_type = tf.float32
+        return converter.convert()
+
+
+def _our_tflite(variant: str, size: int, calibration, int8: bool) -> bytes:
+    from mnv3 import config as config_lib
+    from mnv3.export.convert import convert
+    from mnv3.export.graph import export_graph, scale_input
+    from mnv3.model import build_from_config
+
+    cfg = config_lib.load(None, [f"model.variant={variant}", f"data.image_size={size}",
+                                 "data.num_classes=1000"])
+    graph = export_graph(build_from_config(cfg), cfg, for_int8=int8)
+    if not int8:
+        return convert(graph, "float32")
+    return convert(graph, "int8", lambda: (scale_input(x)[None] for x in calibration))
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", choices=["small", "large"], default="large")
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--calibration_images", type=int, default=32)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    import keras
+    import numpy as np
+
+    from mnv3.data.synthetic import generate
+    from mnv3.export.evaluate import Classifier
+
+    keras.utils.set_random_seed(0)
+    calibration = generate(args.calibration_images, args.image_size, seed=1)[0].astype(np.float32)
+    result = {"variant": args.variant, "image_size": args.image_size, "threads": 1,
+              "runs": args.runs}
+    for who, make in (("our", _our_tflite), ("keras", _keras_applications_tflite)):
+        for mode in ("float", "int8"):
+            tflite = make(args.variant, args.image_size, calibration, mode == "int8")
+            result[f"{who}_{mode}_ms"] = round(Classifier(tflite).latency_ms(args.runs), 3)
+            result[f"{who}_{mode}_mb"] = round(len(tflite) / 2**20, 2)
+    result["our_int8_over_our_float"] = round(result["our_int8_ms"] / result["our_float_ms"], 3)
+    result["our_int8_over_keras_int8"] = round(result["our_int8_ms"] / result["keras_int8_ms"], 3)
+    result["our_float_over_keras_float"] = round(result["our_float_ms"] / result["keras_float_ms"], 3)
+    result["keras_int8_over_keras_float"] = round(result["keras_int8_ms"] / result["keras_float_ms"], 3)
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,179 @@
+import collections
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mnv3 import config as config_lib
+from mnv3.export import run as export_run
+from mnv3.export.evaluate import Classifier
+from mnv3.export.graph import export_graph, scale_input
+from mnv3.export.metadata import associated_files, read_metadata
+from mnv3.model import build_from_config
+from mnv3.training import run as train_run
+from tests.conftest import SHARED_DATA, assert_one_line_error, run_cli
+
+TRAIN = ["model.alpha=0.35", "model.dropout=0.0", "model.bn_momentum=0.9",
+         "data.image_size=64", "data.synthetic_images=1500", "data.crop_scale=[0.6, 1.0]",
+         "data.val_fraction=0.2", "train.batch_size=32", "train.learning_rate=0.03",
+         "train.warmup_epochs=0.5", "train.weight_decay=0.0", "train.epochs=4",
+         "export.quant=[float32, fp16, dynamic, int8]", "export.calibration_images=64",
+         "export.latency_runs=5"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A small trained run, exported in all four modes."""
+    model_dir = str(tmp_path_factory.mktemp("export") / "run")
+    cfg = config_lib.load(None, TRAIN)
+    train_run(cfg, model_dir)
+    report = export_run(cfg, model_dir)
+    return model_dir, report
+
+
+def tflite_ops(path) -> collections.Counter:
+    from mediapipe.tasks.metadata import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(open(path, "rb").read(), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    graph, ops = model.Subgraphs(0), collections.Counter()
+    for i in range(graph.OperatorsLength()):
+        code = model.OperatorCodes(graph.Operators(i).OpcodeIndex())
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        ops[names.get(builtin, "?") if builtin != schema.BuiltinOperator.CUSTOM
+            else (code.CustomCode() or b"CUSTOM").decode()] += 1
+    return ops
+
+
+def test_int8_graph_rewrite_computes_the_same_function():
+    cfg = config_lib.load(None, ["model.variant=large", "model.alpha=0.35",
+                                 "data.image_size=64"])
+    model = build_from_config(cfg)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # non-trivial BatchNorm statistics
+        if hasattr(layer, "moving_variance"):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([gamma, beta, rng.normal(0, 0.3, mean.shape),
+                               rng.uniform(0.3, 2.0, var.shape)])
+    rewritten = export_graph(model, cfg, for_int8=True)
+    layer_types = {type(layer).__name__ for layer in rewritten.layers}
+    assert "Rescaling" in layer_types and "rescale" not in [l.name for l in rewritten.layers]
+    assert rewritten.input.shape == (1, 64, 64, 3)
+    pixels = rng.uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(rewritten(scale_input(pixels)).numpy(), model(pixels).numpy(),
+                               atol=1e-5)
+
+
+def test_all_modes_are_written_with_a_report(exported):
+    model_dir, report = exported
+    export_dir = os.path.join(model_dir, "export")
+    files = sorted(os.listdir(export_dir))
+    assert files == sorted(["labels.txt", "report.json", "report.md"] + [
+        f"mobilenet_v3_small_64_{m}.tflite" for m in ["float32", "fp16", "dynamic", "int8"]])
+    assert json.load(open(os.path.join(export_dir, "report.json"))) == report
+    rows = {r["mode"]: r for r in report["rows"]}
+    assert rows["keras"]["top1"] > 0.5  # the model learned something to preserve
+    for mode in ["float32", "fp16", "dynamic", "int8"]:
+        assert rows[mode]["latency_ms"] > 0 and rows[mode]["size_mb"] > 0
+        assert rows[mode]["agreement"] >= 0.9, (mode, rows[mode])
+    assert rows["float32"]["agreement"] == 1.0
+    assert rows["int8"]["size_mb"] < 0.5 * rows["float32"]["size_mb"]
+    assert "| int8 |" in open(os.path.join(export_dir, "report.md")).read()
+
+
+def test_builtin_ops_only_and_fast_int8_graph(exported):
+    model_dir, _ = exported
+    for path in glob.glob(os.path.join(model_dir, "export", "*.tflite")):
+        ops = tflite_ops(path)
+        assert not [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "?")], ops
+    int8 = tflite_ops(glob.glob(os.path.join(model_dir, "export", "*_int8.tflite"))[0])
+    assert "HARD_SWISH" not in int8  # unfused: fast under XNNPACK in int8
+    float32 = tflite_ops(glob.glob(os.path.join(model_dir, "export", "*_float32.tflite"))[0])
+    assert "HARD_SWISH" in float32
+
+
+def test_signature_io_types_and_metadata(exported):
+    model_dir, _ = exported
+    labels = open(os.path.join(model_dir, "labels.txt")).read().split()
+    for mode, dtype, mean, std in [("float32", np.float32, 0.0, 1.0),
+                                   ("int8", np.uint8, 127.5, 127.5)]:
+        path = glob.glob(os.path.join(model_dir, "export", f"*_{mode}.tflite"))[0]
+        data = open(path, "rb").read()
+        classifier = Classifier(data)
+        signature = classifier.runner.get_signature_list()
+        assert signature == {"serving_default": {"inputs": ["image"],
+                                                 "outputs": ["probabilities"]}}
+        assert classifier.input["dtype"] == dtype
+        assert list(classifier.input["shape"]) == [1, 64, 64, 3]
+        meta = read_metadata(data)
+        assert meta.name.decode() == "mobilenet_v3_small_64"
+        image, = meta.subgraphMetadata[0].inputTensorMetadata
+        norm = image.processUnits[0].options
+        assert (list(norm.mean), list(norm.std)) == ([mean], [std])
+        assert associated_files(data)["labels.txt"].decode().split() == labels
+
+
+def _mediapipe_top1(path, images):
+    import mediapipe as mp
+    from mediapipe.tasks import python as mp_tasks
+    from mediapipe.tasks.python import vision
+
+    options = vision.ImageClassifierOptions(
+        base_options=mp_tasks.BaseOptions(model_asset_path=path), max_results=1)
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        results = [classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB,
+                                                data=np.ascontiguousarray(image)))
+                   for image in images]
+    return [(r.classifications[0].categories[0].index,
+             r.classifications[0].categories[0].category_name) for r in results]
+
+
+def _real_photos(size, count=12):
+    """Photos from ../shared/data (resized), else held-out synthetic images."""
+    root = os.path.join(SHARED_DATA, "imagenette", "train")
+    if os.path.isdir(root):
+        paths = sorted(glob.glob(os.path.join(root, "*", "*.JPEG")))[::800][:count]
+        return [tf.cast(tf.image.resize(tf.io.decode_jpeg(tf.io.read_file(p)), [size, size]),
+                        tf.uint8).numpy() for p in paths]
+    from mnv3.data.synthetic import generate
+    return list(generate(count, size, seed=99)[0])
+
+
+def test_mediapipe_image_classifier_agrees_with_our_interpreter(exported):
+    model_dir, _ = exported
+    labels = open(os.path.join(model_dir, "labels.txt")).read().split()
+    from mnv3.data.synthetic import generate
+    images = _real_photos(64) + list(generate(10, 64, seed=7)[0])
+    for mode in ["float32", "int8"]:
+        path = glob.glob(os.path.join(model_dir, "export", f"*_{mode}.tflite"))[0]
+        ours = Classifier(open(path, "rb").read())
+        expected = [int(np.argmax(ours(image.astype(np.float32)))) for image in images]
+        got = _mediapipe_top1(path, images)
+        assert [index for index, _ in got] == expected, mode
+        assert [name for _, name in got] == [labels[i] for i in expected]
+
+
+def test_export_errors_are_one_line(tmp_path, exported):
+    assert_one_line_error(run_cli("export_tflite.py", "--model_dir", str(tmp_path / "none")),
+                          "none")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config_lib.save(config_lib.load(None, TRAIN), str(empty / "config.yaml"))
+    assert_one_line_error(run_cli("export_tflite.py", "--model_dir", str(empty)),
+                          "no best.keras")
+    # An export directory that cannot be created: a file is in the way.
+    model_dir, _ = exported
+    blocked = tmp_path / "blocked"
+    os.makedirs(blocked)
+    for name in ["config.yaml", "labels.txt", "best.keras"]:
+        os.symlink(os.path.join(model_dir, name), blocked / name)
+    (blocked / "export").write_text("a file, not a directory")
+    assert_one_line_error(run_cli("export_tflite.py", "--model_dir", str(blocked)),
+                          "export")
+    # The run's config no longer matches its model.
+    assert_one_line_error(run_cli("export_tflite.py", "--model_dir", model_dir,
+                                  "--set", "data.image_size=96"), "best.keras", "96")
+    assert not glob.glob(os.path.join(model_dir, "export", ".tmp-*"))
