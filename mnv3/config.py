@@ -15,7 +15,6 @@ import dataclasses
 import difflib
 import os
 import re
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from typing import Literal, Optional
@@ -420,17 +419,10 @@ def to_dict(cfg: Config) -> dict:
 
 def save(cfg: Config, path: str) -> None:
     """Writes the fully resolved config atomically, so a run can be repeated exactly."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config-", suffix=".yaml")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from mnv3.files import write_atomically
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomically(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def reference_markdown() -> str:

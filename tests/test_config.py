@@ -1,7 +1,6 @@
 import os
 
 import pytest
-import yaml
 
 from mnv3 import config as config_lib
 from mnv3.config import ConfigError

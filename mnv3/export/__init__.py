@@ -44,7 +44,8 @@ def run(cfg: Config, model_dir: str) -> dict:
     from mnv3.export.graph import export_graph, scale_input
     from mnv3.export.metadata import add_metadata
     from mnv3.export.report import format_table, write_report
-    from mnv3.training.run_dir import RunDir, write_text_atomically
+    from mnv3.files import write_atomically
+    from mnv3.training.run_dir import RunDir
 
     run_dir = RunDir(model_dir)
     trained, labels = _load_trained(run_dir, cfg)
@@ -92,7 +93,7 @@ def run(cfg: Config, model_dir: str) -> dict:
                               mean=127.5 if quantized_input else 0.0,
                               std=127.5 if quantized_input else 1.0)
         path = os.path.join(out_dir, f"{name}_{mode}.tflite")
-        convert_lib.write_atomically(path, tflite)
+        write_atomically(path, tflite)
         classifier = Classifier(tflite, threads=cfg.export.threads)
         pred = np.array([np.argmax(classifier(x)) for x in images])
         rows.append({"mode": mode, "file": os.path.basename(path),
@@ -100,7 +101,7 @@ def run(cfg: Config, model_dir: str) -> dict:
                      "top1": float(np.mean(pred == targets)),
                      "agreement": float(np.mean(pred == keras_pred)),
                      "latency_ms": round(classifier.latency_ms(cfg.export.latency_runs), 3)})
-    write_text_atomically(os.path.join(out_dir, "labels.txt"), "\n".join(labels) + "\n")
+    write_atomically(os.path.join(out_dir, "labels.txt"), "\n".join(labels) + "\n")
     report = {"model": name, "eval_images": int(len(targets)), "threads": cfg.export.threads,
               "rows": rows}
     write_report(report, out_dir)

@@ -8,7 +8,6 @@ one named signature, so the .tflite has a `serving_default` signature with input
 
 from __future__ import annotations
 
-import os
 import tempfile
 from typing import Callable, Iterable
 
@@ -58,16 +57,3 @@ def convert(model: keras.Model, mode: str,
         except Exception as e:  # the converter raises many types; name the mode
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"TFLite conversion ({mode}) failed: {first[:300]}") from None
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """A failed or killed export never leaves a partial .tflite behind."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".tflite")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from mnv3.training.run_dir import write_text_atomically
+from mnv3.files import write_atomically
 
 
 def format_table(report: dict) -> str:
@@ -21,5 +21,5 @@ def format_table(report: dict) -> str:
 
 
 def write_report(report: dict, out_dir: str) -> None:
-    write_text_atomically(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2))
-    write_text_atomically(os.path.join(out_dir, "report.md"), format_table(report) + "\n")
+    write_atomically(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2))
+    write_atomically(os.path.join(out_dir, "report.md"), format_table(report) + "\n")

@@ -11,18 +11,7 @@ import tempfile
 from mnv3 import config as config_lib
 from mnv3.config import Config
 from mnv3.errors import UserError
-
-
-def write_text_atomically(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from mnv3.files import write_atomically
 
 
 class RunDir:
@@ -75,7 +64,7 @@ class RunDir:
         config_lib.save(cfg, self.config)
 
     def save_labels(self, class_names: list[str]) -> None:
-        write_text_atomically(self.labels, "\n".join(class_names) + "\n")
+        write_atomically(self.labels, "\n".join(class_names) + "\n")
 
     def read_labels(self) -> list[str]:
         with open(self.labels, encoding="utf-8") as f:

@@ -17,9 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnv3 import config as config_lib
 from mnv3.config import Config
-from mnv3.data import LABEL_RANGE_MESSAGE, Pipeline
+from mnv3.data import Pipeline
 from mnv3.errors import UserError
 from mnv3.model import build_from_config
 from mnv3.training import optim
