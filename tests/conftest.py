@@ -10,6 +10,14 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+def pytest_configure(config):
+    # Keras 3.15 calls np.array() on TF tensors in a way numpy 2 deprecates; it
+    # repeats thousands of times per run and hides real warnings.
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
+
 def run_cli(*args, timeout=300, env=None):
     """Runs a project command in a real subprocess from the repository root."""
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True,
