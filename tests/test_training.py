@@ -133,6 +133,21 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path):
     np.testing.assert_allclose(trainer.model(images, training=False).numpy(), raw, atol=1e-6)
 
 
+@pytest.mark.parametrize("policy", ["mixed_float16"])  # the loss-scaling path
+def test_mixed_precision_trains_and_saves_a_float32_output(tmp_path, policy):
+    model_dir = tmp_path / "run"
+    run(tiny_cfg("train.epochs=1", "data.synthetic_images=320",
+                 f"runtime.mixed_precision={policy}"), str(model_dir))
+    assert keras.mixed_precision.dtype_policy().name == policy
+    last = read_metrics(model_dir)[-1]
+    assert np.isfinite(last["train_loss"]) and last["step"] == 256 // 32
+    model = keras.saving.load_model(str(model_dir / "best.keras"))
+    assert model.get_layer("stem_conv").compute_dtype == policy.split("_")[1]
+    assert model.output.dtype == "float32"
+    run(tiny_cfg("train.epochs=1", "data.synthetic_images=320"), str(tmp_path / "next"))
+    assert keras.mixed_precision.dtype_policy().name == "float32"  # nothing leaks
+
+
 def test_errors_in_use_are_one_line(tmp_path, write_yaml):
     model_dir = tmp_path / "run"
     run(tiny_cfg("train.epochs=1"), str(model_dir))

@@ -25,8 +25,8 @@ def run(cfg: Config, model_dir: str) -> dict | None:
     run_dir.check_compatible(cfg)
     if cfg.runtime.seed is not None:
         keras.utils.set_random_seed(cfg.runtime.seed)
-    if cfg.runtime.mixed_precision:
-        keras.mixed_precision.set_dtype_policy(cfg.runtime.mixed_precision)
+    # Always set: the policy is process-global and must not leak between runs.
+    keras.mixed_precision.set_dtype_policy(cfg.runtime.mixed_precision or "float32")
     strategy = make_strategy(cfg.runtime.strategy, cfg.runtime.tpu)
     pipeline = make_pipeline(cfg)  # bad data fails here, before model_dir is touched
     if cfg.train.mode != "eval":
