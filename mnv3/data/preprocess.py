@@ -63,8 +63,10 @@ def random_resized_crop(image, size: int, scale, ratio, seed) -> tf.Tensor:
 def pad_and_crop(image, size: int, pad: int, seed) -> tf.Tensor:
     """Small-image augmentation (CIFAR): zero-pad, then a random size x size crop."""
     image = decode(image)
-    if image.shape[0] != size or image.shape[1] != size:
-        image = _resize(image, size)
+    # Encoded images have no static shape; resize only those not already size x size.
+    shape = tf.shape(image)
+    image = tf.cond(tf.logical_and(shape[0] == size, shape[1] == size),
+                    lambda: image, lambda: _resize(image, size))
     padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
     return tf.image.stateless_random_crop(padded, [size, size, 3], seed=seed)
 

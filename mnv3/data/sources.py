@@ -99,10 +99,9 @@ def _folder(cfg: DataConfig) -> Source:
 def _tfrecord(cfg: DataConfig) -> Source:
     from mnv3.data import tfrecord
 
-    def split(directory, pattern, files=None):
-        files = files or tfrecord.shard_files(directory, pattern)
-        size = tfrecord.record_count(directory, pattern, files)
-        return files, size
+    def split(directory, pattern):
+        files = tfrecord.shard_files(directory, pattern)
+        return files, tfrecord.record_count(directory, pattern, files)
 
     names = tfrecord.class_names(cfg.train_dir, cfg.num_classes)
     train_files, train_size = split(cfg.train_dir, cfg.train_pattern)

@@ -69,9 +69,11 @@ class Trainer:
             from_logits=cfg.model.classifier_activation == "linear",
             label_smoothing=cfg.train.label_smoothing, reduction=None)
         self.kernels = optim.decayed_weights(self.model) if optim.uses_l2_loss(cfg.train) else []
-        self.train_step = tf.function(self._distributed_train_step,
-                                     jit_compile=cfg.runtime.jit_compile or None)
-        self.eval_step = tf.function(self._distributed_eval_step, reduce_retracing=True)
+        self.train_step = tf.function(
+            lambda batch: self._on_all_replicas(self._train_step, batch),
+            jit_compile=cfg.runtime.jit_compile or None)
+        self.eval_step = tf.function(lambda batch: self._on_all_replicas(self._eval_step, batch),
+                                     reduce_retracing=True)
         self.writer = tf.summary.create_file_writer(run_dir.tensorboard) if self.chief \
             else tf.summary.create_noop_writer()
 
@@ -106,12 +108,9 @@ class Trainer:
         probs = self.model(tf.cast(images, tf.float32), training=False)
         return self._counts(labels, probs, self.loss_fn(labels, probs))
 
-    def _distributed_train_step(self, batch):
-        out = self.strategy.run(self._train_step, args=batch)
-        return {k: self.strategy.reduce(SUM, v, axis=None) for k, v in out.items()}
-
-    def _distributed_eval_step(self, batch):
-        out = self.strategy.run(self._eval_step, args=batch)
+    def _on_all_replicas(self, step_fn, batch):
+        """Runs `step_fn` on every replica and sums its counts across them."""
+        out = self.strategy.run(step_fn, args=batch)
         return {k: self.strategy.reduce(SUM, v, axis=None) for k, v in out.items()}
 
     # --- data -------------------------------------------------------------------
