@@ -50,7 +50,8 @@ def _our_tflite(variant: str, size: int, calibration, int8: bool) -> bytes:
     graph = export_graph(build_from_config(cfg), cfg, for_int8=int8)
     if not int8:
         return convert(graph, "float32")
-    return convert(graph, "int8", lambda: (scale_input(x)[None] for x in calibration))
+    return convert(graph, "int8", [scale_input(x)[None] for x in calibration],
+                   percentile=cfg.export.calibration_percentile)
 
 
 def main(argv):

@@ -190,6 +190,10 @@ class ExportConfig:
         "float32", "`int8` mode output type.")
     calibration_images: int = _field(
         256, "Training images (eval preprocessing) used to calibrate int8.", min=1)
+    calibration_percentile: float = _field(
+        99.99, "int8 activation ranges cover this percentile of the calibration values "
+        "at each end; 100: plain min/max, which lets rare outliers coarsen a whole "
+        "tensor.", min=90, max=100)
     eval_images: Optional[int] = _field(
         None, "Evaluation images for the report's accuracy; null: all.", min=1)
     latency_runs: int = _field(50, "Timed runs per model (median reported).", min=1)

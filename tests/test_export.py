@@ -9,6 +9,8 @@ import tensorflow as tf
 
 from mnv3 import config as config_lib
 from mnv3.export import run as export_run
+from mnv3.export.calibrate import Tails
+from mnv3.export.convert import convert
 from mnv3.export.evaluate import Classifier
 from mnv3.export.graph import export_graph, scale_input
 from mnv3.export.metadata import associated_files, read_metadata
@@ -48,9 +50,14 @@ def tflite_ops(path) -> collections.Counter:
     return ops
 
 
-def test_int8_graph_rewrite_computes_the_same_function():
-    cfg = config_lib.load(None, ["model.variant=large", "model.alpha=0.35",
-                                 "data.image_size=64"])
+@pytest.mark.parametrize("overrides", [
+    ["model.variant=large", "model.alpha=0.35"],
+    # the stem's hard-swish is the shortcut of a residual Add in these two
+    ["model.variant=large", "model.alpha=1.0"],
+    ["model.variant=small", "model.alpha=0.75", "model.remove_early_strides=2"],
+])
+def test_int8_graph_rewrite_computes_the_same_function(overrides):
+    cfg = config_lib.load(None, overrides + ["data.image_size=64"])
     model = build_from_config(cfg)
     rng = np.random.default_rng(0)
     for layer in model.layers:  # non-trivial BatchNorm statistics
@@ -65,6 +72,50 @@ def test_int8_graph_rewrite_computes_the_same_function():
     pixels = rng.uniform(0, 255, (1, 64, 64, 3)).astype("float32")
     np.testing.assert_allclose(rewritten(scale_input(pixels)).numpy(), model(pixels).numpy(),
                                atol=1e-5)
+
+
+def test_tails_give_the_exact_percentile_from_chunks():
+    values = np.random.default_rng(0).normal(size=20_000).astype(np.float32)
+    values[123] = 1000.0  # one outlier: plain min/max would take it
+    ordered = np.sort(values)
+    for percentile, keep in [(99.9, 21), (99.0, 201), (100.0, 1)]:
+        tails = Tails(values.size, percentile)
+        for chunk in np.array_split(values, 7):
+            tails.update(chunk)
+        assert tails.range() == (ordered[keep - 1], ordered[-keep]), percentile
+    assert Tails(values.size, 99.9).keep == 21 and tails.range()[1] == 1000.0
+
+
+def _hard_swish_model(width: int = 16):
+    """conv -> x * relu6(x + 3) -> conv, with a pre-activation range of about +-40."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((8, 8, 3), batch_size=1)
+    x = layers.Conv2D(width, 1, kernel_initializer=keras.initializers.RandomNormal(0, 20))(image)
+    gate = layers.ReLU(6.0, name="gate")(layers.Rescaling(1.0, offset=3.0)(x))
+    y = layers.Conv2D(4, 1, kernel_initializer=keras.initializers.RandomNormal(0, 0.01))(
+        layers.Multiply()([x, gate]))
+    return keras.Model(image, layers.Softmax()(layers.GlobalAveragePooling2D()(y)))
+
+
+def test_int8_calibration_gives_each_tensor_its_own_range():
+    # The converter's own calibration hands the relu6 gate the product's range
+    # (the gate's memory is reused in place); ours must record [0, 6].
+    model = _hard_swish_model()
+    pixels = np.random.default_rng(1).uniform(100, 150, (16, 1, 8, 8, 3)).astype(np.float32)
+    samples = list(scale_input(pixels))
+    tflite = convert(model, "int8", samples, percentile=100.0)
+    runner = Classifier(tflite).runner
+    tensors = {d["name"]: d["quantization"] for d in runner.get_tensor_details()}
+    gate_scale, = [q[0] for name, q in tensors.items() if "gate" in name and "Relu6" in name]
+    assert gate_scale == pytest.approx(6 / 255, rel=0.01)
+    # Pixels that never reach 0 or 255 still give the input its fixed meaning.
+    assert runner.get_input_details()[0]["quantization"] == pytest.approx((1 / 127.5, 127))
+    got = Classifier(tflite)
+    for x, raw in zip(samples, pixels):
+        np.testing.assert_allclose(got(raw[0]), model(x).numpy()[0], atol=0.01)
 
 
 def test_all_modes_are_written_with_a_report(exported):

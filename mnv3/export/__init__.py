@@ -85,10 +85,12 @@ def run(cfg: Config, model_dir: str) -> dict:
         # uint8 / int8 input carries the normalisation; float input is raw 0..255.
         quantized_input = int8 and cfg.export.int8_input != "float32"
         graph = export_graph(trained, cfg, for_int8=int8, quantized_input=quantized_input)
-        prepare = scale_input if quantized_input else (lambda x: x)
-        representative = (lambda: (prepare(x)[None] for x in calibration)) if int8 else None
-        tflite = convert_lib.convert(graph, mode, representative,
-                                     cfg.export.int8_input, cfg.export.int8_output)
+        samples = [(scale_input(x) if quantized_input else x)[None]
+                   for x in calibration] if int8 else []
+        tflite = convert_lib.convert(
+            graph, mode, samples, cfg.export.int8_input, cfg.export.int8_output,
+            percentile=cfg.export.calibration_percentile,
+            input_range=(-1.0, 1.0) if quantized_input else (0.0, 255.0))
         tflite = add_metadata(tflite, name=name, description=description, labels=labels,
                               mean=127.5 if quantized_input else 0.0,
                               std=127.5 if quantized_input else 1.0)

@@ -9,13 +9,14 @@ one named signature, so the .tflite has a `serving_default` signature with input
 from __future__ import annotations
 
 import tempfile
-from typing import Callable, Iterable
+from typing import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from mnv3.errors import UserError
+from mnv3.export import calibrate
 
 MODES = ("float32", "fp16", "dynamic", "int8")
 SIGNATURE = "serving_default"
@@ -33,10 +34,12 @@ def _saved_model(model: keras.Model, directory: str) -> None:
     archive.write_out(directory, verbose=False)
 
 
-def convert(model: keras.Model, mode: str,
-            representative: Callable[[], Iterable[np.ndarray]] | None = None,
-            input_type: str = "uint8", output_type: str = "float32") -> bytes:
-    """The .tflite bytes of `model` in `mode` (int8 needs `representative`)."""
+def convert(model: keras.Model, mode: str, samples: Sequence[np.ndarray] = (),
+            input_type: str = "uint8", output_type: str = "float32",
+            percentile: float = 100.0, input_range: tuple[float, float] = (-1.0, 1.0)) -> bytes:
+    """The .tflite bytes of `model` in `mode`. int8 calibrates on `samples` (model
+    inputs, batch 1), with activation ranges at `percentile` and the input's
+    range fixed at `input_range`."""
     with tempfile.TemporaryDirectory() as tmp:
         _saved_model(model, tmp)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SIGNATURE])
@@ -46,13 +49,10 @@ def convert(model: keras.Model, mode: str,
             converter.target_spec.supported_types = [tf.float16]
         elif mode == "dynamic":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        elif mode == "int8":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = lambda: ([x] for x in representative())
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = IO_TYPES[input_type]
-            converter.inference_output_type = IO_TYPES[output_type]
         try:
+            if mode == "int8":
+                return calibrate.int8_model(converter, samples, percentile, input_range,
+                                            IO_TYPES[input_type], IO_TYPES[output_type])
             return converter.convert()
         except Exception as e:  # the converter raises many types; name the mode
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
