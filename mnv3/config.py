@@ -57,7 +57,7 @@ class ModelConfig:
         1e-3, "BatchNorm epsilon.", min=0.0, max=1.0, min_exclusive=True)
     remove_early_strides: int = _field(
         0, "Leading stride-2 layers run at stride 1, for small images "
-        "(1 for 32 px CIFAR keeps a 2x2 final map).", min=0, max=2)
+        "(2 for 32 px CIFAR: a 4x4 final map instead of 1x1).", min=0, max=2)
     include_top: bool = _field(
         True, "Classifier head on top; false gives a backbone.")
     pooling: Literal["avg", "max", "none"] = _field(
