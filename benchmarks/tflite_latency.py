@@ -4,9 +4,11 @@ MobileNetV3 exported the usual way, one run, same machine, same calibration.
     python benchmarks/tflite_latency.py --variant large --json
 
 Randomly initialised models at 224 px, 1000 classes; ai-edge-litert with its
-default XNNPACK delegate, 1 thread, batch 1; median of --runs invokes after
-warm-up. keras.applications goes SavedModel -> TFLiteConverter (full int8, uint8
-input, float output, like ours), calibrated on the same images.
+default XNNPACK delegate, 1 thread, batch 1; the models take turns for
+--rounds rounds of --runs / --rounds invokes each (after warm-up), and each
+figure is the median of its per-round medians. keras.applications goes
+SavedModel -> TFLiteConverter (full int8, uint8 input, float output, like ours),
+calibrated on the same images.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 
@@ -58,7 +61,8 @@ def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", choices=["small", "large"], default="large")
     parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=200, help="timed runs per model, in all")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calibration_images", type=int, default=32)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -72,12 +76,21 @@ def main(argv):
     keras.utils.set_random_seed(0)
     calibration = generate(args.calibration_images, args.image_size, seed=1)[0].astype(np.float32)
     result = {"variant": args.variant, "image_size": args.image_size, "threads": 1,
-              "runs": args.runs}
+              "runs": args.runs, "rounds": args.rounds}
+    classifiers = {}
     for who, make in (("our", _our_tflite), ("keras", _keras_applications_tflite)):
         for mode in ("float", "int8"):
             tflite = make(args.variant, args.image_size, calibration, mode == "int8")
-            result[f"{who}_{mode}_ms"] = round(Classifier(tflite).latency_ms(args.runs), 3)
+            classifiers[f"{who}_{mode}"] = Classifier(tflite)
             result[f"{who}_{mode}_mb"] = round(len(tflite) / 2**20, 2)
+    # The four models take turns, round after round: this machine's speed drifts
+    # by 10-20% over minutes, and turns keep that drift out of the ratios.
+    medians = {name: [] for name in classifiers}
+    for _ in range(args.rounds):
+        for name, classifier in classifiers.items():
+            medians[name].append(classifier.latency_ms(args.runs // args.rounds))
+    for name, values in medians.items():
+        result[f"{name}_ms"] = round(statistics.median(values), 3)
     result["our_int8_over_our_float"] = round(result["our_int8_ms"] / result["our_float_ms"], 3)
     result["our_int8_over_keras_int8"] = round(result["our_int8_ms"] / result["keras_int8_ms"], 3)
     result["our_float_over_keras_float"] = round(result["our_float_ms"] / result["keras_float_ms"], 3)
