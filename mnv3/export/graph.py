@@ -3,9 +3,9 @@ and a static size, with two int8-only rewrites that keep what it computes.
 
 1. Hard-swish is computed as 6 * hard_swish(x) = x * relu6(x + 3), and every
    linear layer fed by it has its kernel divided by 6 (a residual sum it joins
-   stays 6x, see _output_scales). The converter fuses the
-   usual x * relu6(x + 3) / 6 into one HARD_SWISH op, which XNNPACK runs slowly
-   in int8; unfused, ADD/RELU6/MUL run fast.
+   stays 6x; see _output_scales). The converter fuses the usual
+   x * relu6(x + 3) / 6 into one HARD_SWISH op, which XNNPACK runs slowly in
+   int8; unfused, ADD/RELU6/MUL run fast.
 2. The x / 127.5 - 1 input scaling is left out: the uint8 input's quantization
    (scale 1/127.5, zero point 128) carries it for free, as in classic quantized
    MobileNets. The caller calibrates with already scaled inputs.
