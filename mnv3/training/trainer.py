@@ -52,9 +52,13 @@ class Trainer:
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             self.optimizer.build(self.model.trainable_variables)
             self.epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False)
+            # Batches trained on: the data position. Not optimizer.iterations, which
+            # stands still when mixed_float16's loss scaling skips an overflowing step.
+            self.batches_done = tf.Variable(0, dtype=tf.int64, trainable=False)
             self.best_top1 = tf.Variable(-1.0, dtype=tf.float32, trainable=False)
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                               epochs_done=self.epochs_done,
+                                              batches_done=self.batches_done,
                                               best_top1=self.best_top1)
         # Every worker takes part in saving; only the chief's copy is kept.
         self._scratch = None if self.chief else tempfile.mkdtemp(prefix="mnv3-worker-")
@@ -136,7 +140,9 @@ class Trainer:
         except (tf.errors.OpError, AssertionError, ValueError) as e:
             raise UserError(f"{latest}: checkpoint does not fit this model and optimiser "
                             f"({str(e).splitlines()[0][:200]})") from None
-        step = int(self.optimizer.iterations.numpy())
+        if int(self.batches_done.numpy()) == 0:  # a checkpoint from before batches_done
+            self.batches_done.assign(self.optimizer.iterations)
+        step = int(self.batches_done.numpy())
         say(f"resuming from {latest}: {int(self.epochs_done.numpy())} epochs done, "
             f"step {step}")
         return True
@@ -184,14 +190,14 @@ class Trainer:
 
     def _train_epoch(self, epoch: int):
         cfg, spe = self.cfg.train, self.steps_per_epoch
-        done_in_epoch = int(self.optimizer.iterations.numpy()) - epoch * spe
+        done_in_epoch = int(self.batches_done.numpy()) - epoch * spe
         ds = self.pipeline.train(epoch).repeat().take(spe).skip(max(done_in_epoch, 0))
         progress = keras.utils.Progbar(spe, stateful_metrics=["loss", "top1", "lr"]) \
             if sys.stdout.isatty() and self.chief else None
         totals, started, images = None, time.perf_counter(), 0
         for batch in self.distribute(ds):
             out = {k: float(v) for k, v in self.train_step(batch).items()}
-            step = int(self.optimizer.iterations.numpy())
+            step = int(self.batches_done.assign_add(1).numpy())
             if not np.isfinite(out["loss"]):
                 raise UserError(
                     f"the training loss became {out['loss']} at step {step} (epoch "
@@ -218,7 +224,7 @@ class Trainer:
                     and in_epoch < spe:
                 self.manager.save(checkpoint_number=step)
         seconds = time.perf_counter() - started
-        record = {"epoch": epoch + 1, "step": int(self.optimizer.iterations.numpy()),
+        record = {"epoch": epoch + 1, "step": int(self.batches_done.numpy()),
                   "lr": float(self._learning_rate()),
                   **{f"train_{k}": v for k, v in _rates(totals).items()},
                   "images_per_sec": round(images / max(seconds, 1e-9), 1),
