@@ -41,7 +41,7 @@ def run(cfg: Config, model_dir: str) -> dict:
     from mnv3.data import make_pipeline
     from mnv3.export import convert as convert_lib
     from mnv3.export.evaluate import Classifier
-    from mnv3.export.graph import export_graph, scale_input
+    from mnv3.export.graph import SCALED_INPUT_RANGE, export_graph, scale_input
     from mnv3.export.metadata import add_metadata
     from mnv3.export.report import format_table, write_report
     from mnv3.files import write_atomically
@@ -90,7 +90,7 @@ def run(cfg: Config, model_dir: str) -> dict:
         tflite = convert_lib.convert(
             graph, mode, samples, cfg.export.int8_input, cfg.export.int8_output,
             percentile=cfg.export.calibration_percentile,
-            input_range=(-1.0, 1.0) if quantized_input else (0.0, 255.0))
+            input_range=SCALED_INPUT_RANGE if quantized_input else (0.0, 255.0))
         tflite = add_metadata(tflite, name=name, description=description, labels=labels,
                               mean=127.5 if quantized_input else 0.0,
                               std=127.5 if quantized_input else 1.0)

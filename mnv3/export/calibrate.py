@@ -87,21 +87,21 @@ def int8_model(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarray]
     # One sample is enough to lay out the min/max slots; ours overwrite them.
     converter.representative_dataset = lambda: iter([[samples[0]]])
     converter._experimental_calibrate_only = True  # pylint: disable=protected-access
-    model = flatbuffer_utils.convert_bytearray_to_object(converter.convert())
+    float_model = converter.convert()
+    model = flatbuffer_utils.convert_bytearray_to_object(float_model)
     graph = model.subgraphs[0]
     slots = [i for i, t in enumerate(graph.tensors)
              if t.quantization is not None and t.quantization.min is not None
              and len(t.quantization.min)]
     image, output = graph.inputs[0], graph.outputs[0]
-    ranges = record_ranges(bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
-                           [i for i in slots if i not in (image, output)], samples, percentile)
+    ranges = record_ranges(float_model, [i for i in slots if i not in (image, output)],
+                           samples, percentile)
     # These two ranges are what the values mean, not statistics: pinned, so the
     # uint8 input's scale and zero point match the normalisation in the metadata.
     ranges[image] = input_range
     ranges[output] = (0.0, 1.0)  # probabilities
     for i in slots:
-        if i in ranges:
-            graph.tensors[i].quantization.min = [ranges[i][0]]
-            graph.tensors[i].quantization.max = [ranges[i][1]]
+        graph.tensors[i].quantization.min = [ranges[i][0]]
+        graph.tensors[i].quantization.max = [ranges[i][1]]
     return mlir_quantize(bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
                          input_data_type=input_type, output_data_type=output_type)

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from mnv3.errors import UserError
 from mnv3.export import calibrate
+from mnv3.export.graph import SCALED_INPUT_RANGE
 
 MODES = ("float32", "fp16", "dynamic", "int8")
 SIGNATURE = "serving_default"
@@ -36,7 +37,8 @@ def _saved_model(model: keras.Model, directory: str) -> None:
 
 def convert(model: keras.Model, mode: str, samples: Sequence[np.ndarray] = (),
             input_type: str = "uint8", output_type: str = "float32",
-            percentile: float = 100.0, input_range: tuple[float, float] = (-1.0, 1.0)) -> bytes:
+            percentile: float = 100.0,
+            input_range: tuple[float, float] = SCALED_INPUT_RANGE) -> bytes:
     """The .tflite bytes of `model` in `mode`. int8 calibrates on `samples` (model
     inputs, batch 1), with activation ranges at `percentile` and the input's
     range fixed at `input_range`."""

@@ -85,6 +85,10 @@ def export_graph(trained: keras.Model, cfg: Config, for_int8: bool,
     return model
 
 
+# What scale_input makes of 0..255: the int8 input's quantization range.
+SCALED_INPUT_RANGE = (-1.0, 1.0)
+
+
 def scale_input(images):
     """What the int8 graph expects in place of 0..255 pixels (calibration only)."""
     return images / 127.5 - 1.0
