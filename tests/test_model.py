@@ -40,7 +40,7 @@ def test_outputs_match_keras_applications_on_copied_weights(variant, minimalisti
     assert len(ours_layers) == len(ref_layers)
     rng = np.random.default_rng(0)
     for mine, theirs in zip(ours_layers, ref_layers):
-        assert type(mine) is type(theirs), (mine.name, theirs.name)
+        assert isinstance(mine, type(theirs)), (mine.name, theirs.name)
         weights = theirs.get_weights()
         if isinstance(theirs, keras.layers.BatchNormalization):
             # Random but plausible moving statistics, so inference-mode BN is exercised.

@@ -14,6 +14,7 @@ from keras import layers
 
 from mnv3.config import ModelConfig
 from mnv3.model import specs
+from mnv3.model.layers import FusedBatchNormalization
 
 INPUT_NAME = "image"
 
@@ -55,9 +56,11 @@ class _Builder:
     def conv_bn(self, x, filters: int, kernel: int, stride: int, name: str):
         x = layers.Conv2D(filters, kernel, strides=stride, padding="same",
                           use_bias=False, kernel_initializer=CONV_INIT, name=name)(x)
-        return layers.BatchNormalization(momentum=self.cfg.bn_momentum,
-                                         epsilon=self.cfg.bn_epsilon,
-                                         name=f"{name}_bn")(x)
+        return self.batch_norm(x, f"{name}_bn")
+
+    def batch_norm(self, x, name: str):
+        return FusedBatchNormalization(momentum=self.cfg.bn_momentum,
+                                       epsilon=self.cfg.bn_epsilon, name=name)(x)
 
     def squeeze_excite(self, x, name: str):
         channels = x.shape[-1]
@@ -81,9 +84,7 @@ class _Builder:
         x = layers.DepthwiseConv2D(block.kernel, strides=stride, padding="same",
                                    use_bias=False, depthwise_initializer=CONV_INIT,
                                    name=f"{name}_depthwise")(x)
-        x = layers.BatchNormalization(momentum=self.cfg.bn_momentum,
-                                      epsilon=self.cfg.bn_epsilon,
-                                      name=f"{name}_depthwise_bn")(x)
+        x = self.batch_norm(x, f"{name}_depthwise_bn")
         x = self.activation(x, block.activation, f"{name}_depthwise_act")
         if block.se:
             x = self.squeeze_excite(x, f"{name}_se")
