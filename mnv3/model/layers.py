@@ -42,3 +42,17 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
                 and self.axis in (-1, 3) and self.scale and self.center
                 and not self.renorm and not self.synchronized
                 and self.epsilon >= _FUSED_MIN_EPSILON)
+
+
+def with_keras_batch_norm(model: keras.Model) -> keras.Model:
+    """A copy of `model` (same weights) whose BatchNorm layers are Keras' own, so
+    a saved file loads with plain Keras, without mnv3 on the path."""
+    def clone(layer):
+        cls = type(layer)
+        if isinstance(layer, FusedBatchNormalization):
+            cls = keras.layers.BatchNormalization
+        return cls.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy

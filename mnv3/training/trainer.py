@@ -21,6 +21,7 @@ from mnv3.config import Config
 from mnv3.data import Pipeline
 from mnv3.errors import UserError
 from mnv3.model import build_from_config
+from mnv3.model.layers import with_keras_batch_norm
 from mnv3.training import optim
 from mnv3.training.strategy import is_chief
 from mnv3.training.run_dir import RunDir
@@ -162,13 +163,14 @@ class Trainer:
         return _rates(totals)
 
     def save_best(self):
-        """best.keras (EMA weights when on), written atomically by the chief."""
+        """best.keras (EMA weights when on, Keras' own BatchNorm layers), written
+        atomically by the chief."""
         if self.ema:
             self.ema.on_test_begin()
         try:
             if self.chief:
                 tmp = os.path.join(self.run_dir.path, ".best.tmp.keras")
-                self.model.save(tmp)
+                with_keras_batch_norm(self.model).save(tmp)
                 os.replace(tmp, self.run_dir.best_model)
         finally:
             if self.ema:
