@@ -86,7 +86,7 @@ def test_tails_give_the_exact_percentile_from_chunks():
     assert Tails(values.size, 99.9).keep == 21 and tails.range()[1] == 1000.0
 
 
-def _hard_swish_model(width: int = 16):
+def _hard_swish_model(width: int = 16, softmax: bool = True):
     """conv -> x * relu6(x + 3) -> conv, with a pre-activation range of about +-40."""
     import keras
     from keras import layers
@@ -97,7 +97,8 @@ def _hard_swish_model(width: int = 16):
     gate = layers.ReLU(6.0, name="gate")(layers.Rescaling(1.0, offset=3.0)(x))
     y = layers.Conv2D(4, 1, kernel_initializer=keras.initializers.RandomNormal(0, 0.01))(
         layers.Multiply()([x, gate]))
-    return keras.Model(image, layers.Softmax()(layers.GlobalAveragePooling2D()(y)))
+    logits = layers.GlobalAveragePooling2D()(y)
+    return keras.Model(image, layers.Softmax()(logits) if softmax else logits)
 
 
 def test_int8_calibration_gives_each_tensor_its_own_range():
@@ -116,6 +117,26 @@ def test_int8_calibration_gives_each_tensor_its_own_range():
     got = Classifier(tflite)
     for x, raw in zip(samples, pixels):
         np.testing.assert_allclose(got(raw[0]), model(x).numpy()[0], atol=0.01)
+
+
+def test_int8_output_float_softmax_and_calibrated_logits():
+    pixels = np.random.default_rng(2).uniform(0, 255, (16, 1, 8, 8, 3)).astype(np.float32)
+    samples = list(scale_input(pixels))
+    # Float output: the softmax runs in float (int8 would give steps of 1/256).
+    model = _hard_swish_model()
+    runner = Classifier(convert(model, "int8", samples)).runner
+    tensors = {d["index"]: d for d in runner.get_tensor_details()}
+    softmax, = [op for op in runner._get_ops_details() if op["op_name"] == "SOFTMAX"]
+    assert tensors[softmax["inputs"][0]]["dtype"] == np.float32
+    # A model that outputs logits: its output range is calibrated, not the
+    # probabilities' [0, 1] (which would clip every logit).
+    model = _hard_swish_model(softmax=False)
+    want = np.concatenate([model(x).numpy() for x in samples])
+    assert want.min() < -0.5 and want.max() > 1.5
+    got = Classifier(convert(model, "int8", samples, output_range=None))
+    spread = want.max() - want.min()
+    for x, raw, expected in zip(samples, pixels, want):
+        np.testing.assert_allclose(got(raw[0]), expected, atol=0.03 * spread)
 
 
 def test_all_modes_are_written_with_a_report(exported):

@@ -40,6 +40,7 @@ def run(cfg: Config, model_dir: str) -> dict:
     """Exports every mode in cfg.export.quant; returns the report."""
     from mnv3.data import make_pipeline
     from mnv3.export import convert as convert_lib
+    from mnv3.export.calibrate import PROBABILITY_RANGE
     from mnv3.export.evaluate import Classifier
     from mnv3.export.graph import SCALED_INPUT_RANGE, export_graph, scale_input
     from mnv3.export.metadata import add_metadata
@@ -90,7 +91,9 @@ def run(cfg: Config, model_dir: str) -> dict:
         tflite = convert_lib.convert(
             graph, mode, samples, cfg.export.int8_input, cfg.export.int8_output,
             percentile=cfg.export.calibration_percentile,
-            input_range=SCALED_INPUT_RANGE if quantized_input else (0.0, 255.0))
+            input_range=SCALED_INPUT_RANGE if quantized_input else (0.0, 255.0),
+            output_range=(PROBABILITY_RANGE if cfg.model.classifier_activation == "softmax"
+                          else None))
         tflite = add_metadata(tflite, name=name, description=description, labels=labels,
                               mean=127.5 if quantized_input else 0.0,
                               std=127.5 if quantized_input else 1.0)

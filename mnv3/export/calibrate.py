@@ -24,6 +24,9 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+# A softmax output's range: fixed, not calibrated.
+PROBABILITY_RANGE = (0.0, 1.0)
+
 
 class Tails:
     """The `percentile`-th value from the top and bottom of everything fed in,
@@ -78,8 +81,10 @@ def record_ranges(float_model: bytes, tensors: Sequence[int], samples: Sequence[
 
 def int8_model(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarray],
                percentile: float, input_range: tuple[float, float],
-               input_type: tf.DType, output_type: tf.DType) -> bytes:
-    """Full-integer model from `converter` (a float conversion not yet run)."""
+               input_type: tf.DType, output_type: tf.DType,
+               output_range: tuple[float, float] | None = PROBABILITY_RANGE) -> bytes:
+    """Full-integer model from `converter` (a float conversion not yet run).
+    `output_range`: the output's fixed range, or None to calibrate it (logits)."""
     from tensorflow.lite.python.convert import mlir_quantize
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -93,15 +98,21 @@ def int8_model(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarray]
     slots = [i for i, t in enumerate(graph.tensors)
              if t.quantization is not None and t.quantization.min is not None
              and len(t.quantization.min)]
-    image, output = graph.inputs[0], graph.outputs[0]
-    ranges = record_ranges(float_model, [i for i in slots if i not in (image, output)],
+    # These ranges are what the values mean, not statistics: pinned, so the uint8
+    # input's scale and zero point match the normalisation in the metadata.
+    pinned = {graph.inputs[0]: input_range}
+    if output_range is not None:
+        pinned[graph.outputs[0]] = output_range
+    ranges = record_ranges(float_model, [i for i in slots if i not in pinned],
                            samples, percentile)
-    # These two ranges are what the values mean, not statistics: pinned, so the
-    # uint8 input's scale and zero point match the normalisation in the metadata.
-    ranges[image] = input_range
-    ranges[output] = (0.0, 1.0)  # probabilities
+    ranges.update(pinned)
     for i in slots:
         graph.tensors[i].quantization.min = [ranges[i][0]]
         graph.tensors[i].quantization.max = [ranges[i][1]]
+    # A float output keeps the softmax in float: int8 probabilities come in steps
+    # of 1/256, which ties the top classes of an uncertain image (and rounds most
+    # of 1000 classes to 0). Same speed: XNNPACK runs the float softmax too.
+    float_ops = ["SOFTMAX"] if output_type == tf.float32 else None
     return mlir_quantize(bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
-                         input_data_type=input_type, output_data_type=output_type)
+                         input_data_type=input_type, output_data_type=output_type,
+                         denylisted_ops=float_ops)

@@ -38,10 +38,12 @@ def _saved_model(model: keras.Model, directory: str) -> None:
 def convert(model: keras.Model, mode: str, samples: Sequence[np.ndarray] = (),
             input_type: str = "uint8", output_type: str = "float32",
             percentile: float = 100.0,
-            input_range: tuple[float, float] = SCALED_INPUT_RANGE) -> bytes:
+            input_range: tuple[float, float] = SCALED_INPUT_RANGE,
+            output_range: tuple[float, float] | None = calibrate.PROBABILITY_RANGE) -> bytes:
     """The .tflite bytes of `model` in `mode`. int8 calibrates on `samples` (model
-    inputs, batch 1), with activation ranges at `percentile` and the input's
-    range fixed at `input_range`."""
+    inputs, batch 1), with activation ranges at `percentile`, the input's range
+    fixed at `input_range` and the output's at `output_range` (None: calibrated,
+    for logits)."""
     with tempfile.TemporaryDirectory() as tmp:
         _saved_model(model, tmp)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SIGNATURE])
@@ -54,7 +56,8 @@ def convert(model: keras.Model, mode: str, samples: Sequence[np.ndarray] = (),
         try:
             if mode == "int8":
                 return calibrate.int8_model(converter, samples, percentile, input_range,
-                                            IO_TYPES[input_type], IO_TYPES[output_type])
+                                            IO_TYPES[input_type], IO_TYPES[output_type],
+                                            output_range)
             return converter.convert()
         except Exception as e:  # the converter raises many types; name the mode
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
