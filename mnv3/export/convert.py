@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnv3.errors import UserError
-from mnv3.export import calibrate
+from mnv3.export import calibrate, rewrite
 from mnv3.export.graph import SCALED_INPUT_RANGE
 
 MODES = ("float32", "fp16", "dynamic", "int8")
@@ -55,9 +55,10 @@ def convert(model: keras.Model, mode: str, samples: Sequence[np.ndarray] = (),
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         try:
             if mode == "int8":
-                return calibrate.int8_model(converter, samples, percentile, input_range,
-                                            IO_TYPES[input_type], IO_TYPES[output_type],
-                                            output_range)
+                tflite = calibrate.int8_model(converter, samples, percentile, input_range,
+                                              IO_TYPES[input_type], IO_TYPES[output_type],
+                                              output_range)
+                return rewrite.uint8_input_through_float(tflite)
             return converter.convert()
         except Exception as e:  # the converter raises many types; name the mode
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
