@@ -188,8 +188,8 @@ class ExportConfig:
         "uint8", "`int8` mode input type; uint8 takes raw 0..255 pixels.")
     int8_output: Literal["float32", "uint8", "int8"] = _field(
         "float32", "`int8` mode output type.")
-    calibration_images: int = _field(
-        256, "Training images (eval preprocessing) used to calibrate int8.", min=1)
+    calibration_steps: int = _field(
+        256, "int8 calibration steps, one training image each (eval preprocessing).", min=1)
     calibration_percentile: float = _field(
         99.99, "int8 activation ranges cover this percentile of the calibration values "
         "at each end; 100: plain min/max, which lets rare outliers coarsen a whole "
@@ -304,12 +304,24 @@ def _section_types(cls) -> dict:
     return typing.get_type_hints(cls)
 
 
+# Keys that were renamed: configs saved by older runs still load.
+RENAMED = {("export", "calibration_images"): "calibration_steps"}
+
+
+def _current_key(section: str, key):
+    return RENAMED.get((section, key), key)
+
+
 def _apply(section_obj, values: dict, where: str):
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping of keys, got {values!r}")
     hints = _section_types(type(section_obj))
     fields = {f.name: f for f in dataclasses.fields(section_obj)}
-    for key, value in values.items():
+    current = [_current_key(where, key) for key in values]
+    twice = sorted({str(k) for k in current if current.count(k) > 1})
+    if twice:
+        raise ConfigError(f"{where}.{twice[0]}: given twice (once under its old name)")
+    for key, value in zip(current, values.values()):
         if key not in fields:
             raise _unknown_key(str(key), fields, where)
         dotted = f"{where}.{key}"
@@ -413,6 +425,9 @@ def load(path: str | None, overrides: typing.Sequence[str] = ()) -> Config:
             raise ConfigError(f"--set {e}") from None
         if not isinstance(raw.get(section), dict):
             raw[section] = {}
+        key = _current_key(section, key)
+        for old_name in [k for k in raw[section] if _current_key(section, k) == key]:
+            del raw[section][old_name]  # the override replaces the file's value
         raw[section][key] = value
     return from_dict(raw, source)
 

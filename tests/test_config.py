@@ -99,6 +99,17 @@ def test_saved_config_reloads_identically(tmp_path):
     assert os.listdir(path.parent) == ["config.yaml"]  # no temp files left behind
 
 
+def test_renamed_key_still_loads_from_older_run_configs(write_yaml):
+    # Runs saved before the rename say export.calibration_images.
+    old = write_yaml("export:\n  calibration_images: 32\n")
+    assert config_lib.load(old).export.calibration_steps == 32
+    assert config_lib.load(old, ["export.calibration_steps=8"]).export.calibration_steps == 8
+    assert config_lib.load(None, ["export.calibration_images=9"]).export.calibration_steps == 9
+    both = write_yaml("export:\n  calibration_images: 32\n  calibration_steps: 16\n")
+    with pytest.raises(config_lib.ConfigError, match="calibration_steps: given twice"):
+        config_lib.load(both)
+
+
 def test_shipped_configs_load():
     config_dir = os.path.join(ROOT, "configs")
     names = sorted(f for f in os.listdir(config_dir) if f.endswith(".yaml"))

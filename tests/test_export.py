@@ -22,7 +22,7 @@ TRAIN = ["model.alpha=0.35", "model.dropout=0.0", "model.bn_momentum=0.9",
          "data.image_size=64", "data.synthetic_images=2000", "data.crop_scale=[0.6, 1.0]",
          "data.val_fraction=0.2", "train.batch_size=32", "train.learning_rate=0.06",
          "train.warmup_epochs=0.5", "train.weight_decay=0.0", "train.epochs=6",
-         "export.quant=[float32, fp16, dynamic, int8]", "export.calibration_images=64",
+         "export.quant=[float32, fp16, dynamic, int8]", "export.calibration_steps=64",
          "export.latency_runs=5"]
 
 

@@ -61,7 +61,7 @@ def run(cfg: Config, model_dir: str) -> dict:
 
     pipeline = make_pipeline(cfg)
     calibration = [x.numpy().astype(np.float32)
-                   for x in pipeline.calibration(cfg.export.calibration_images)]
+                   for x in pipeline.calibration(cfg.export.calibration_steps)]
     if not calibration:
         raise UserError("no calibration images could be read from the training data")
     images, targets = [], []
