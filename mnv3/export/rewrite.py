@@ -3,8 +3,8 @@
 uint8_input_through_float: the converter's int8 model starts with a uint8 ->
 int8 QUANTIZE. XNNPACK does not take that requantize, so TFLite's own kernel runs
 it element by element: 0.108 ms at 224 px, 3.5% of MobileNetV3-Large in int8
-(per-op timing, benchmarks/tflite_latency.py's model). As uint8 -> float32
-(DEQUANTIZE) -> int8 (QUANTIZE), both steps run in XNNPACK, 0.016 ms together.
+(benchmarks/tflite_op_profile.py). As uint8 -> float32 (DEQUANTIZE) -> int8
+(QUANTIZE), both steps run in XNNPACK, 0.017 ms together.
 The int8 values are the same: the two ends share one scale, and every uint8
 level is exact in float32.
 """
