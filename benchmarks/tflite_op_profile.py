@@ -41,9 +41,11 @@ def _single_op_model(tflite: bytes, index: int) -> bytes:
 
 def profile(tflite: bytes, runs: int) -> list[dict]:
     import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    whole = Interpreter(model_content=tflite)
+    # Without the delegate, its node does not join the list of ops.
+    whole = Interpreter(model_content=tflite,
+                        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     rows = []
     for index, op in enumerate(whole._get_ops_details()):  # pylint: disable=protected-access
         runner = Interpreter(model_content=_single_op_model(tflite, index), num_threads=1)
