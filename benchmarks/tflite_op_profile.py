@@ -23,20 +23,21 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _single_op_model(tflite: bytes, index: int) -> bytes:
+def _single_op_models(tflite: bytes):
+    """One model per op of `tflite`, in graph order (the file is parsed once)."""
     import numpy as np
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite))
+    model.signatureDefs = []
     graph = model.subgraphs[0]
-    op = graph.operators[index]
     weights = {i for i, t in enumerate(graph.tensors) if model.buffers[t.buffer].data is not None
                and len(model.buffers[t.buffer].data)}
-    graph.operators = [op]
-    graph.inputs = np.array([i for i in op.inputs if i >= 0 and i not in weights], np.int32)
-    graph.outputs = np.array(op.outputs, np.int32)
-    model.signatureDefs = []
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    for op in list(graph.operators):
+        graph.operators = [op]
+        graph.inputs = np.array([i for i in op.inputs if i >= 0 and i not in weights], np.int32)
+        graph.outputs = np.array(op.outputs, np.int32)
+        yield bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def profile(tflite: bytes, runs: int) -> list[dict]:
@@ -47,8 +48,9 @@ def profile(tflite: bytes, runs: int) -> list[dict]:
     whole = Interpreter(model_content=tflite,
                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     rows = []
-    for index, op in enumerate(whole._get_ops_details()):  # pylint: disable=protected-access
-        runner = Interpreter(model_content=_single_op_model(tflite, index), num_threads=1)
+    ops = whole._get_ops_details()  # pylint: disable=protected-access
+    for index, (op, single) in enumerate(zip(ops, _single_op_models(tflite), strict=True)):
+        runner = Interpreter(model_content=single, num_threads=1)
         runner.allocate_tensors()
         for d in runner.get_input_details():
             runner.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))

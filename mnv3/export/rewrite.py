@@ -18,14 +18,13 @@ from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
 
 
-def _builtin(model, op) -> int:
-    code = model.operatorCodes[op.opcodeIndex]
+def _builtin(code) -> int:
     return max(code.builtinCode, code.deprecatedBuiltinCode)
 
 
 def _opcode_index(model, builtin: int, version: int) -> int:
     for i, code in enumerate(model.operatorCodes):
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+        if _builtin(code) == builtin:
             code.version = max(code.version, version)
             return i
     code = schema.OperatorCodeT()
@@ -46,7 +45,7 @@ def uint8_input_through_float(tflite: bytes) -> bytes:
     if len(first) != 1 or graph.tensors[image].type != schema.TensorType.UINT8:
         return tflite
     quantize = graph.operators[first[0]]
-    if _builtin(model, quantize) != schema.BuiltinOperator.QUANTIZE:
+    if _builtin(model.operatorCodes[quantize.opcodeIndex]) != schema.BuiltinOperator.QUANTIZE:
         return tflite
 
     as_float = copy.deepcopy(graph.tensors[image])
