@@ -3,10 +3,10 @@
     python export_tflite.py --model_dir runs/quickstart [--quant float32,int8]
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from mnv3 import config as config_lib
-from mnv3.cli import exit_on_user_error
+from mnv3 import cli
 
 flags.DEFINE_string("model_dir", None, "A run directory written by train.py.")
 flags.DEFINE_string("config", None, "Config to use instead of the run's saved "
@@ -35,9 +35,5 @@ def _main(argv):
     run(cfg, FLAGS.model_dir)
 
 
-def main(argv):
-    exit_on_user_error(_main, argv)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    cli.main(_main)

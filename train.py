@@ -3,10 +3,10 @@
     python train.py --config configs/quickstart.yaml --model_dir runs/quickstart
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from mnv3 import config as config_lib
-from mnv3.cli import exit_on_user_error
+from mnv3 import cli
 
 flags.DEFINE_string("config", None, "YAML experiment config (see configs/).")
 flags.DEFINE_multi_string("set", [], "Override a config key, KEY=VALUE, e.g. "
@@ -27,9 +27,5 @@ def _main(argv):
     run(cfg, FLAGS.model_dir)
 
 
-def main(argv):
-    exit_on_user_error(_main, argv)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    cli.main(_main)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import typing
@@ -81,7 +82,8 @@ class DataConfig:
         None, "Evaluation data in the same form; when unset, `val_fraction` of train "
         "is held out.")
     image_size: int = _field(224, "Square input resolution in pixels.", min=32, max=1024)
-    num_classes: int = _field(10, "Number of classes; must match the data.", min=2)
+    num_classes: int = _field(10, "Number of classes; must match the data.", min=2,
+                              max=100_000)
     val_fraction: float = _field(
         0.1, "Share of train held out (stratified, fixed) when there is no eval data.",
         min=0.0, max=0.5, min_exclusive=True)
@@ -102,9 +104,9 @@ class DataConfig:
         "validation-*", "`tfrecord`: file pattern of eval shards inside `eval_dir`.")
     label_offset: int = _field(
         0, "`tfrecord`: subtracted from stored labels (1 for 1001-class ImageNet files).",
-        min=0)
+        min=0, max=1_000_000)
     synthetic_images: int = _field(
-        6000, "`synthetic`: how many images to generate.", min=100)
+        6000, "`synthetic`: how many images to generate.", min=100, max=1_000_000)
     train_crop: Literal["random_resized", "pad_and_crop", "none"] = _field(
         "random_resized", "Training crop: Inception random-resized crop, pad-and-crop "
         "for small images (CIFAR), or none (resize only).")
@@ -112,7 +114,7 @@ class DataConfig:
         [0.08, 1.0], "random_resized: range of the crop's share of the image area.")
     crop_ratio: list[float] = _field(
         [0.75, 1.3333], "random_resized: range of the crop's aspect ratio.")
-    pad_pixels: int = _field(4, "pad_and_crop: padding on each side.", min=0)
+    pad_pixels: int = _field(4, "pad_and_crop: padding on each side.", min=0, max=1024)
     random_flip: bool = _field(True, "Random horizontal flips in training.")
     eval_crop_fraction: float = _field(
         0.875, "Evaluation: central crop of this share of the shorter side, then resize.",
@@ -122,11 +124,12 @@ class DataConfig:
         min=0, max=10)
     randaugment_magnitude: float = _field(
         0.5, "RandAugment strength, 0..1.", min=0.0, max=1.0)
-    mixup_alpha: float = _field(0.0, "MixUp Beta(alpha, alpha); 0: off.", min=0.0)
-    cutmix_alpha: float = _field(0.0, "CutMix Beta(alpha, alpha); 0: off.", min=0.0)
+    mixup_alpha: float = _field(0.0, "MixUp Beta(alpha, alpha); 0: off.", min=0.0, max=10.0)
+    cutmix_alpha: float = _field(0.0, "CutMix Beta(alpha, alpha); 0: off.", min=0.0, max=10.0)
     cache: bool = _field(
         False, "Cache decoded source images in memory (small datasets).")
-    shuffle_buffer: int = _field(10000, "Shuffle buffer size (images).", min=1)
+    shuffle_buffer: int = _field(10000, "Shuffle buffer size (images).", min=1,
+                                 max=10_000_000)
     strict: bool = _field(
         False, "Fail on the first unreadable image instead of skipping it.")
 
@@ -136,47 +139,50 @@ class TrainConfig:
     mode: Literal["train_and_eval", "train", "eval"] = _field(
         "train_and_eval", "`train_and_eval` evaluates after every epoch; `eval` only "
         "evaluates the latest checkpoint.")
-    epochs: int = _field(10, "Passes over the training data.", min=1)
-    batch_size: int = _field(64, "Global batch size (all replicas together).", min=1)
+    epochs: int = _field(10, "Passes over the training data.", min=1, max=100_000)
+    batch_size: int = _field(64, "Global batch size (all replicas together).", min=1,
+                             max=1_000_000)
     optimizer: Literal["rmsprop", "sgd", "adamw"] = _field(
         "adamw", "`rmsprop` as in the paper, `sgd` with momentum, or `adamw`.")
     learning_rate: float = _field(
         0.002, "Peak learning rate at `base_batch_size`; scaled linearly with "
-        "`batch_size`.", min=0.0, min_exclusive=True)
+        "`batch_size`.", min=0.0, max=10.0, min_exclusive=True)
     base_batch_size: int = _field(
-        256, "Batch size that `learning_rate` is quoted for.", min=1)
+        256, "Batch size that `learning_rate` is quoted for.", min=1, max=1_000_000)
     schedule: Literal["cosine", "exponential", "constant"] = _field(
         "cosine", "Decay after warm-up: cosine to zero, exponential staircase "
         "(paper), or constant.")
-    warmup_epochs: float = _field(1.0, "Linear warm-up from zero.", min=0.0)
+    warmup_epochs: float = _field(1.0, "Linear warm-up from zero.", min=0.0, max=100_000)
     decay_rate: float = _field(
         0.99, "`exponential`: factor applied every `decay_epochs`.", min=0.0, max=1.0,
         min_exclusive=True)
     decay_epochs: float = _field(
-        3.0, "`exponential`: epochs between decays.", min=0.0, min_exclusive=True)
+        3.0, "`exponential`: epochs between decays.", min=0.0, max=100_000,
+        min_exclusive=True)
     momentum: float = _field(0.9, "`rmsprop` / `sgd` momentum.", min=0.0, max=1.0)
     rho: float = _field(0.9, "`rmsprop` decay of the squared-gradient average.",
                         min=0.0, max=1.0)
     epsilon: float = _field(
         0.002, "`rmsprop`: TF1-style epsilon (inside the square root, as in the "
-        "paper's TF code).", min=0.0, min_exclusive=True)
+        "paper's TF code).", min=0.0, max=10.0, min_exclusive=True)
     nesterov: bool = _field(False, "`sgd`: Nesterov momentum.")
     weight_decay: float = _field(
         1e-5, "L2 on conv and dense kernels (not BatchNorm or biases); decoupled "
-        "for `adamw` (use about 0.05 there).", min=0.0)
+        "for `adamw` (use about 0.05 there).", min=0.0, max=1.0)
     label_smoothing: float = _field(0.0, "Label smoothing.", min=0.0, max=0.5)
     clip_grad_norm: Optional[float] = _field(
         None, "Clip gradients to this global norm; null: no clipping.",
-        min=0.0, min_exclusive=True)
+        min=0.0, max=1e6, min_exclusive=True)
     ema_decay: Optional[float] = _field(
         None, "Exponential moving average of the weights (paper 0.9999); evaluation "
         "and best.keras use the averaged weights. null: off.",
         min=0.0, max=1.0, min_exclusive=True)
     checkpoint_every_steps: int = _field(
         0, "Also checkpoint every N steps within an epoch (0: at epoch ends only).",
-        min=0)
-    keep_checkpoints: int = _field(3, "How many recent checkpoints to keep.", min=1)
-    log_every_steps: int = _field(50, "Log line interval when not on a terminal.", min=1)
+        min=0, max=1_000_000_000)
+    keep_checkpoints: int = _field(3, "How many recent checkpoints to keep.", min=1, max=1000)
+    log_every_steps: int = _field(50, "Log line interval when not on a terminal.", min=1,
+                                  max=1_000_000_000)
 
 
 @dataclass
@@ -190,21 +196,25 @@ class ExportConfig:
         "float32", "`int8` mode output type.")
     calibration_steps: int = _field(
         1024, "int8 calibration steps, one training image each (eval preprocessing); "
-        "256 lost 0.95 points on a 224 px Large model, 1024 none (BENCHMARKS.md).", min=1)
+        "256 lost 0.95 points on a 224 px Large model, 1024 none (BENCHMARKS.md).", min=1,
+        max=1_000_000)
     calibration_percentile: float = _field(
         99.99, "int8 activation ranges cover this percentile of the calibration values "
         "at each end; 100: plain min/max, which lets rare outliers coarsen a whole "
         "tensor.", min=90, max=100)
     eval_images: Optional[int] = _field(
-        None, "Evaluation images for the report's accuracy; null: all.", min=1)
-    latency_runs: int = _field(50, "Timed runs per model (median reported).", min=1)
-    threads: int = _field(1, "Interpreter threads for the latency figure.", min=1)
+        None, "Evaluation images for the report's accuracy; null: all.", min=1,
+        max=100_000_000)
+    latency_runs: int = _field(50, "Timed runs per model (median reported).", min=1,
+                               max=100_000)
+    threads: int = _field(1, "Interpreter threads for the latency figure.", min=1, max=1024)
 
 
 @dataclass
 class RuntimeConfig:
     seed: Optional[int] = _field(
-        0, "Random seed for weights, data order and augmentation; null for none.", min=0)
+        0, "Random seed for weights, data order and augmentation; null for none.", min=0,
+        max=2**31 - 1)
     strategy: Literal["default", "mirrored", "multi_worker_mirrored", "tpu"] = _field(
         "default", "tf.distribute strategy: one device, all local GPUs, several "
         "machines from TF_CONFIG, or a TPU.")
@@ -269,11 +279,15 @@ def _coerce(value, tp, where: str):
         return value
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str) and _YAML11_FLOAT_MISSED.fullmatch(value.strip()):
-        # PyYAML (YAML 1.1) reads `1e-3` as a string; everyone means the number.
-        return float(value)
+    if tp is float and not isinstance(value, bool) and (
+            isinstance(value, (int, float)) or
+            # PyYAML (YAML 1.1) reads `1e-3` as a string; everyone means the number.
+            isinstance(value, str) and _YAML11_FLOAT_MISSED.fullmatch(value.strip())):
+        number = float(value)
+        # NaN passes every `<` and `>` range check, so it is refused here, by name.
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str and isinstance(value, str):
         return value
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
@@ -412,6 +426,8 @@ def load(path: str | None, overrides: typing.Sequence[str] = ()) -> Config:
             raise ConfigError(f"{path}: not valid YAML{at}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not a text file") from None
+        except OSError as e:  # a path through a file, no permission, an I/O error
+            raise ConfigError(f"{path}: cannot read the config ({e.strerror or e})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for text in overrides:

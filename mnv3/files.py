@@ -3,8 +3,22 @@ and the file a user had stays intact until the new one is complete."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
+
+
+def _umask() -> int:
+    # Read without a lasting change; os.umask is the only portable way.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def default_mode() -> int:
+    """The mode open() gives a new file under the current umask."""
+    return 0o666 & ~_umask()
 
 
 def write_atomically(path: str, data: bytes | str) -> None:
@@ -12,10 +26,67 @@ def write_atomically(path: str, data: bytes | str) -> None:
     suffix = os.path.splitext(path)[1]
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
     try:
+        # mkstemp creates 0600; give the file the mode open() would have, so a
+        # build job or another user can read an exported model.
+        os.fchmod(fd, default_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def make_staging_dir(parent: str, prefix: str) -> str:
+    """A new empty folder in `parent` to build a set of files in (mode as
+    os.mkdir would give it, not mkdtemp's 0700)."""
+    path = tempfile.mkdtemp(dir=parent, prefix=prefix)
+    os.chmod(path, 0o777 & ~_umask())
+    return path
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swaps two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE);
+    False where the system cannot."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
+def publish_directory(staging: str, target: str) -> None:
+    """Makes the complete folder `staging` become `target`, so that readers see
+    the old set of files or the new one, never a mix. Atomic where the system
+    can swap two folders; elsewhere a crash between two renames leaves
+    `target + ".old"`, which recover_directory() puts back."""
+    recover_directory(target)
+    if not os.path.exists(target):
+        os.rename(staging, target)
+    elif _exchange(staging, target):
+        shutil.rmtree(staging)  # now holds the old files
+    else:
+        os.rename(target, target + ".old")
+        os.rename(staging, target)
+        shutil.rmtree(target + ".old")
+
+
+def recover_directory(target: str) -> None:
+    """Undoes a publish_directory() cut short between its two renames."""
+    old = target + ".old"
+    if os.path.isdir(old):
+        if os.path.exists(target):
+            shutil.rmtree(old)
+        else:
+            os.rename(old, target)

@@ -122,3 +122,39 @@ def test_readme_documents_every_key():
     readme = open(os.path.join(ROOT, "README.md")).read()
     assert config_lib.reference_markdown() in readme, \
         "README config reference is stale: paste `python -m mnv3.config`"
+
+
+def _numeric_keys():
+    import dataclasses
+    import typing
+    for section in dataclasses.fields(config_lib.Config):
+        cls = section.default_factory
+        for f in dataclasses.fields(cls):
+            tp = typing.get_type_hints(cls)[f.name]
+            inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+            if typing.get_origin(tp) is list:
+                inner = list(typing.get_args(tp))
+            if inner[0] in (int, float):
+                yield f"{section.name}.{f.name}", inner[0], f.metadata
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "1e40"])
+def test_every_number_refuses_non_finite_and_huge_values(value):
+    keys = list(_numeric_keys())
+    assert len(keys) > 30
+    for dotted, tp, meta in keys:
+        # A number far past any sensible value is refused at load time, not later.
+        assert meta.get("max") is not None or dotted in ("data.crop_scale", "data.crop_ratio"), \
+            f"{dotted} has no upper bound"
+        if tp is int and value != "1e40":
+            continue  # YAML reads .nan as a float; an int key refuses it by type
+        with pytest.raises(ConfigError) as err:
+            config_lib.load(None, [f"{dotted}={value}" if "crop" not in dotted
+                                   else f"{dotted}=[{value}, 1.0]"])
+        assert dotted.split(".")[1] in str(err.value)
+
+
+def test_nan_in_a_file_names_the_file_and_key(write_yaml):
+    path = write_yaml("model:\n  alpha: .nan\n")
+    with pytest.raises(ConfigError, match=r"cfg.yaml: model.alpha: expected a finite number"):
+        config_lib.load(path)

@@ -87,12 +87,14 @@ def test_bad_files_are_skipped_with_one_warning(tmp_path, caplog):
     (root / "cat" / "zero.jpg").write_bytes(b"")
     (root / "cat" / "truncated.jpg").write_bytes(good_jpeg[: len(good_jpeg) // 2])
     (root / "dog" / "notes.png").write_bytes(b"this is not an image at all\n")
-    (root / "dog" / "readme.txt").write_text("ignored: not an image extension")
+    (root / "dog" / "readme.txt").write_text("skipped: not an image extension")
     with caplog.at_level("WARNING"):
         files = list_images(str(root))
     assert len(files.paths) == 13
-    warnings = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
-    assert len(warnings) == 1 and "skipping 3 unreadable" in warnings[0]
+    warnings = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    # A file in a format we skip is counted like any other skipped file.
+    assert len(warnings) == 1 and "skipping 4 file(s)" in warnings[0], warnings
+    assert "readme.txt (not a .jpg" in warnings[0]
     assert "zero.jpg (empty file)" in warnings[0] and "truncated JPEG" in warnings[0]
 
     with pytest.raises(UserError, match=r"truncated\.jpg: truncated JPEG \(data.strict"):
@@ -226,7 +228,8 @@ def test_tfrecord_converter_and_reader(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(os.listdir(out)) == ["counts.json", "labels.txt"] + [
         f"train-{i:05d}-of-00004" for i in range(4)]
-    assert json.loads((out / "counts.json").read_text()) == {"train": 11}
+    counts = json.loads((out / "counts.json").read_text())
+    assert counts["train"]["records"] == 11 and len(counts["train"]["shards"]) == 4
 
     cfg = config_lib.load(None, ["data.source=tfrecord", f"data.train_dir={out}",
                                  "data.num_classes=2", "data.image_size=32",

@@ -98,11 +98,11 @@ def test_kill_9_and_resume(tmp_path):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     model_dir = tmp_path / "run"
-    run(tiny_cfg("train.epochs=1"), str(model_dir))
+    run(tiny_cfg("train.epochs=1", "train.optimizer=sgd"), str(model_dir))
     good = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
-    proc = train_cli(model_dir, "train.epochs=2",
-                     "train.learning_rate=1e30", "train.schedule=constant",
-                     "train.warmup_epochs=0")
+    proc = train_cli(model_dir, "train.epochs=2", "train.optimizer=sgd",
+                     "train.learning_rate=10", "train.base_batch_size=1",
+                     "train.schedule=constant", "train.warmup_epochs=0")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 2, out[-3000:]
     assert "Traceback" not in out
@@ -118,7 +118,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_ema_weights_are_evaluated_and_saved(tmp_path):
     from mnv3.data import make_pipeline
-    from mnv3.training.run_dir import RunDir
+    from mnv3.run_dir import RunDir
     from mnv3.training.trainer import Trainer
 
     cfg = tiny_cfg("train.epochs=1", "train.ema_decay=0.9999")

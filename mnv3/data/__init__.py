@@ -1,5 +1,6 @@
 """Input data: sources (synthetic, folder, tfrecord, tfds), preprocessing, pipeline."""
 
-from mnv3.data.pipeline import LABEL_RANGE_MESSAGE, Pipeline, make_pipeline
+from mnv3.data.pipeline import (LABEL_RANGE_MESSAGE, Pipeline, make_pipeline,
+                                user_errors_from_data)
 
-__all__ = ["LABEL_RANGE_MESSAGE", "Pipeline", "make_pipeline"]
+__all__ = ["LABEL_RANGE_MESSAGE", "Pipeline", "make_pipeline", "user_errors_from_data"]

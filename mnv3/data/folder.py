@@ -51,45 +51,107 @@ def _problem(path: str) -> str | None:
     return "not a JPEG, PNG, BMP or GIF image"
 
 
-def check_images(paths: list[str], strict: bool, what: str) -> list[bool]:
-    """Flags which paths look readable; warns once about the rest (or fails if strict)."""
+def check_images(paths: list[str], strict: bool, what: str,
+                 skipped: list[tuple[str, str]] = ()) -> list[bool]:
+    """Flags which paths look readable; warns once about the rest, and about the
+    files already `skipped` while listing (or fails if strict)."""
     with ThreadPoolExecutor(max_workers=8) as pool:
         problems = list(pool.map(_problem, paths))
-    bad = [(p, why) for p, why in zip(paths, problems) if why]
-    if bad and strict:
-        path, why = bad[0]
+    unreadable = [(p, why) for p, why in zip(paths, problems) if why]
+    if unreadable and strict:
+        path, why = unreadable[0]
         raise UserError(f"{path}: {why} (data.strict is on)")
+    bad = [*skipped, *unreadable]
     if bad:
         first = "; ".join(f"{p} ({why})" for p, why in bad[:3])
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        logging.warning("%s: skipping %d unreadable image file(s): %s%s",
+        logging.warning("%s: skipping %d file(s): %s%s",
                         what, len(bad), first, more)
     return [why is None for why in problems]
 
 
+def first_undecodable(paths: list[str]) -> tuple[str, str] | None:
+    """The first file that does not decode as an image, with the decoder's reason.
+    A full decode of every file: only for naming the culprit after a failure."""
+    import tensorflow as tf
+
+    def problem(path):
+        try:
+            tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            return None
+        except (tf.errors.OpError, OSError) as e:
+            return str(getattr(e, "message", e)).strip().splitlines()[0][:200]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for path, why in zip(paths, pool.map(problem, paths)):
+            if why:
+                return path, why
+    return None
+
+
+def _walk_files(class_dir: str) -> list[str]:
+    """Every file under class_dir, following links into folders but visiting each
+    real folder once (a link back up would loop forever)."""
+    seen, files = set(), []
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
+    return files
+
+
+def _real_file(path: str):
+    try:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+    except OSError:
+        return None  # a dangling link: _problem() reports it
+
+
 def list_images(root: str, strict: bool = False) -> FileList:
-    """All images under root/<class>/, checked; errors in use raise UserError."""
+    """All images under root/<class>/, checked; errors in use raise UserError.
+    Each real file is listed once, whatever links lead to it."""
+    from mnv3.run_dir import check_class_name
+
     if not os.path.exists(root):
         raise UserError(f"{root}: data directory not found")
     if not os.path.isdir(root):
         raise UserError(f"{root}: not a directory")
-    class_names = sorted(d for d in os.listdir(root)
+    try:
+        entries = os.listdir(root)
+    except OSError as e:
+        raise UserError(f"{root}: cannot be read ({e.strerror or e})") from None
+    class_names = sorted(d for d in entries
                          if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
     if not class_names:
         raise UserError(f"{root}: no class sub-folders (expected {root}/<class>/<image>)")
-    paths, labels = [], []
+    for name in class_names:
+        check_class_name(name, os.path.join(root, name))
+    paths, labels, skipped, listed = [], [], [], {}
     for label, name in enumerate(class_names):
         class_dir = os.path.join(root, name)
-        files = []
-        for dirpath, _, filenames in sorted(os.walk(class_dir, followlinks=True)):
-            files += [os.path.join(dirpath, f) for f in sorted(filenames)
-                      if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
-        if not files:
+        count = 0
+        for path in _walk_files(class_dir):
+            if not path.lower().endswith(IMAGE_EXTENSIONS):
+                skipped.append((path, "not a .jpg, .jpeg, .png, .bmp or .gif file"))
+                continue
+            real = _real_file(path)
+            if real is not None and real in listed:
+                skipped.append((path, f"the same file as {listed[real]}"))
+                continue
+            if real is not None:
+                listed[real] = path
+            paths.append(path)
+            labels.append(label)
+            count += 1
+        if not count:
             raise UserError(f"{class_dir}: class folder has no images "
                             f"({', '.join(IMAGE_EXTENSIONS)})")
-        paths += files
-        labels += [label] * len(files)
-    readable = check_images(paths, strict, root)
+    readable = check_images(paths, strict, root, skipped)
     kept = [(p, y) for p, y, ok in zip(paths, labels, readable) if ok]
     if not kept:
         raise UserError(f"{root}: none of the {len(paths)} image files can be read")

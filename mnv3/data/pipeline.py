@@ -7,12 +7,17 @@ smoothing and mixing need no special cases in the loss.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import zlib
+
 import keras
 import tensorflow as tf
 
 from mnv3.config import Config, DataConfig
 from mnv3.data import preprocess
+from mnv3.data.folder import first_undecodable
+from mnv3.errors import UserError
 from mnv3.data.sources import HOLDOUT_SEED, Source, load_source
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -68,7 +73,13 @@ class Pipeline:
         return self.source.class_names
 
     def steps_per_epoch(self, batch_size: int | None = None) -> int:
-        return max(1, self.source.train.size // (batch_size or self.cfg.train.batch_size))
+        batch = batch_size or self.cfg.train.batch_size
+        if self.source.train.size < batch:
+            # Training batches drop the remainder, so this would train on nothing.
+            raise UserError(f"the training data has {self.source.train.size} images, fewer "
+                            f"than one batch (train.batch_size={batch}); lower "
+                            "train.batch_size or add images")
+        return self.source.train.size // batch
 
     def train(self, epoch: int = 0, batch_size: int | None = None) -> tf.data.Dataset:
         """One epoch of augmented, shuffled training batches (same seed and epoch:
@@ -138,6 +149,30 @@ class Pipeline:
         if mix is not None:
             ds = ds.map(mix, num_parallel_calls=AUTOTUNE)
         return ds.prefetch(AUTOTUNE)
+
+
+@contextlib.contextmanager
+def user_errors_from_data(pipeline: Pipeline):
+    """Turns the input pipeline's runtime errors (an image that passed the cheap
+    checks but does not decode in strict mode, a label out of range) into one
+    UserError line that names the cause, for train and export alike."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as e:
+        if LABEL_RANGE_MESSAGE in str(e):
+            raise UserError(f"{LABEL_RANGE_MESSAGE} (data.num_classes is "
+                            f"{pipeline.cfg.data.num_classes}; for TFRecords check "
+                            "data.label_offset)") from None
+        reason = str(e).strip().splitlines()[0][:200]
+        print("an image failed to decode; looking for the file...", file=sys.stderr,
+              flush=True)
+        paths = [*pipeline.source.train.paths, *pipeline.source.eval.paths]
+        found = first_undecodable(paths)
+        if found:
+            raise UserError(f"{found[0]}: cannot be decoded ({found[1]}; data.strict is "
+                            "on: fix or remove the file, or set data.strict: false to "
+                            "skip such files)") from None
+        raise UserError(f"an image could not be decoded: {reason}") from None
 
 
 def make_pipeline(cfg: Config) -> Pipeline:

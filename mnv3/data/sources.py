@@ -7,7 +7,7 @@ shuffled at the record level when given a seed.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -21,6 +21,7 @@ HOLDOUT_SEED = 1234  # fixed, so the held-out images do not change with runtime.
 class Split(NamedTuple):
     make: Callable[[int | None], tf.data.Dataset]  # shuffle seed (None: file order)
     size: int
+    paths: Sequence[str] = ()  # image files, when the split reads files (to name a bad one)
 
 
 class Source(NamedTuple):
@@ -63,7 +64,7 @@ def _file_split(paths, labels) -> Split:
             ds = ds.shuffle(len(paths), seed=seed)
         return ds.map(lambda p, y: (tf.io.read_file(p), y),
                       num_parallel_calls=tf.data.AUTOTUNE)
-    return Split(make, len(paths))
+    return Split(make, len(paths), paths)
 
 
 def _synthetic(cfg: DataConfig, seed: int) -> Source:

@@ -17,6 +17,7 @@ import os
 import sys
 
 import tensorflow as tf
+from absl import logging
 
 from mnv3.errors import UserError
 
@@ -48,15 +49,34 @@ def class_names(directory: str, num_classes: int) -> list[str]:
     return [str(i) for i in range(num_classes)]
 
 
-def record_count(directory: str, pattern: str, files: list[str]) -> int:
-    """From counts.json when the converter wrote one, else by reading the shards."""
+def _read_counts(directory: str) -> dict:
     path = os.path.join(directory, "counts.json")
-    prefix = pattern.rstrip("*").rstrip("-")
-    if os.path.exists(path):
+    if not os.path.exists(path):
+        return {}
+    try:
         with open(path, encoding="utf-8") as f:
             counts = json.load(f)
-        if prefix in counts:
-            return int(counts[prefix])
+        if isinstance(counts, dict):
+            return counts
+    except (OSError, ValueError):
+        pass
+    logging.warning("%s: unreadable, counting the records instead", path)
+    return {}
+
+
+def _shard_sizes(files: list[str]) -> dict:
+    return {os.path.basename(f): os.path.getsize(f) for f in files}
+
+
+def record_count(directory: str, pattern: str, files: list[str]) -> int:
+    """From counts.json when it describes exactly these shards (names and byte
+    sizes, as the converter wrote them), else by reading the shards: a stale or
+    wrong count would make every "epoch" cycle the data or stop short."""
+    prefix = pattern.rstrip("*").rstrip("-")
+    entry = _read_counts(directory).get(prefix)
+    if isinstance(entry, dict) and entry.get("shards") == _shard_sizes(files) \
+            and isinstance(entry.get("records"), int):
+        return entry["records"]
     return count_records(files)
 
 
@@ -82,12 +102,15 @@ def read(files: list[str], label_offset: int, shuffle_seed=None):
 
 
 def write_shards(src: str, out: str, shards: int, prefix: str, strict: bool = False) -> int:
-    """Converts a class-per-folder directory into `shards` TFRecord files."""
+    """Converts a class-per-folder directory into `shards` TFRecord files; shards
+    of an earlier conversion with the same prefix are removed."""
     from mnv3.data.folder import list_images
+    from mnv3.files import write_atomically
 
     files = list_images(src, strict=strict)
     os.makedirs(out, exist_ok=True)
     shards = max(1, min(shards, len(files.paths)))
+    written = []
     for index in range(shards):
         name = os.path.join(out, f"{prefix}-{index:05d}-of-{shards:05d}")
         tmp = name + ".tmp"
@@ -101,16 +124,15 @@ def write_shards(src: str, out: str, shards: int, prefix: str, strict: bool = Fa
                 }))
                 writer.write(example.SerializeToString())
         os.replace(tmp, name)  # a killed conversion leaves no half-written shard
-    with open(os.path.join(out, "labels.txt"), "w", encoding="utf-8") as f:
-        f.write("\n".join(files.class_names) + "\n")
-    counts_path = os.path.join(out, "counts.json")
-    counts = {}
-    if os.path.exists(counts_path):
-        with open(counts_path, encoding="utf-8") as f:
-            counts = json.load(f)
-    counts[prefix] = len(files.paths)
-    with open(counts_path, "w", encoding="utf-8") as f:
-        json.dump(counts, f)
+        written.append(name)
+    # Old shards (another shard count) would still match `train-*` and be read.
+    pattern = os.path.join(glob.escape(out), f"{prefix}-[0-9][0-9][0-9][0-9][0-9]-of-*")
+    for stale in set(glob.glob(pattern)) - set(written):
+        os.remove(stale)
+    write_atomically(os.path.join(out, "labels.txt"), "\n".join(files.class_names) + "\n")
+    counts = _read_counts(out)
+    counts[prefix] = {"records": len(files.paths), "shards": _shard_sizes(written)}
+    write_atomically(os.path.join(out, "counts.json"), json.dumps(counts, indent=1))
     return len(files.paths)
 
 

@@ -3,12 +3,18 @@ real data and time it. `run(cfg, model_dir)` writes model_dir/export/."""
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import zipfile
 
 import numpy as np
 
 from mnv3.config import Config
 from mnv3.errors import UserError
+from mnv3.export.report import format_table
+from mnv3.files import (make_staging_dir, publish_directory, recover_directory,
+                        write_atomically)
 
 
 def _load_trained(run_dir, cfg: Config):
@@ -21,58 +27,92 @@ def _load_trained(run_dir, cfg: Config):
                         f"--config ... --model_dir {run_dir.path})")
     if not os.path.exists(run_dir.labels):
         raise UserError(f"{run_dir.labels}: missing (written by train.py)")
+    damaged = (f"{run_dir.best_model}: damaged or not a Keras model file; rerun train.py "
+               "on the run to rewrite it from its checkpoints")
+    if not zipfile.is_zipfile(run_dir.best_model):  # a .keras file is a zip archive
+        raise UserError(damaged)
     try:
         model = keras.saving.load_model(run_dir.best_model, compile=False)
     except Exception as e:  # corrupt or foreign files raise many types
-        raise UserError(f"{run_dir.best_model}: cannot be loaded "
-                        f"({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})") from None
-    labels = run_dir.read_labels()
+        raise UserError(f"{damaged} ({_first_line(e)})") from None
+    for weight in model.weights:
+        if not np.all(np.isfinite(weight.numpy())):
+            raise UserError(f"{run_dir.best_model}: non-finite values in {weight.path}; "
+                            "this model cannot be exported (retrain it)")
+    labels = run_dir.read_labels(expected=model.output.shape[-1])
     expected = (cfg.data.image_size, cfg.data.image_size, 3)
-    if tuple(model.input.shape[1:]) != expected or model.output.shape[-1] != len(labels) \
-            or len(labels) != cfg.data.num_classes:
+    if tuple(model.input.shape[1:]) != expected or len(labels) != cfg.data.num_classes:
         raise UserError(f"{run_dir.best_model}: model takes {tuple(model.input.shape[1:])} "
                         f"and gives {model.output.shape[-1]} classes, but the config says "
                         f"{expected} and {cfg.data.num_classes} ({len(labels)} labels)")
     return model, labels
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 def run(cfg: Config, model_dir: str) -> dict:
-    """Exports every mode in cfg.export.quant; returns the report."""
-    from mnv3.data import make_pipeline
-    from mnv3.export import convert as convert_lib
-    from mnv3.export.calibrate import PROBABILITY_RANGE
-    from mnv3.export.evaluate import Classifier
-    from mnv3.export.graph import SCALED_INPUT_RANGE, export_graph, scale_input
-    from mnv3.export.metadata import add_metadata
-    from mnv3.export.report import format_table, write_report
-    from mnv3.files import write_atomically
-    from mnv3.training.run_dir import RunDir
+    """Exports every mode in cfg.export.quant; returns the report. The files are
+    built and checked in a staging folder, then replace export/ as one set."""
+    from mnv3.run_dir import RunDir
 
     run_dir = RunDir(model_dir)
     trained, labels = _load_trained(run_dir, cfg)
-    out_dir = os.path.join(model_dir, "export")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{out_dir}: cannot create the export directory "
-                        f"({e.strerror or e})") from None
-    if not os.access(out_dir, os.W_OK):
-        raise UserError(f"{out_dir}: export directory is not writable")
+    if os.path.exists(run_dir.export) and not os.path.isdir(run_dir.export):
+        raise UserError(f"{run_dir.export}: in the way of the export directory "
+                        "(a file, not a directory)")
+    if not os.access(model_dir, os.W_OK):
+        raise UserError(f"{model_dir}: not writable, cannot export")
+    with run_dir.export_lock():
+        recover_directory(run_dir.export)
+        for stale in glob.glob(os.path.join(glob.escape(model_dir), STAGING + "*")):
+            shutil.rmtree(stale, ignore_errors=True)  # a killed export's leftovers
+        staging = make_staging_dir(model_dir, STAGING)
+        try:
+            report = _export(cfg, trained, labels, run_dir, staging)
+            publish_directory(staging, run_dir.export)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    print(format_table(report))
+    return report
+
+
+STAGING = ".export-new-"
+
+
+def _export(cfg: Config, trained, labels: list[str], run_dir, out_dir: str) -> dict:
+    from mnv3.data import make_pipeline, user_errors_from_data
+    from mnv3.export import convert as convert_lib
+    from mnv3.export.calibrate import PROBABILITY_RANGE
+    from mnv3.export.check import check_out_of_process
+    from mnv3.export.evaluate import Classifier
+    from mnv3.export.graph import SCALED_INPUT_RANGE, export_graph, scale_input
+    from mnv3.export.metadata import add_metadata
+    from mnv3.export.report import write_report
 
     pipeline = make_pipeline(cfg)
-    calibration = [x.numpy().astype(np.float32)
-                   for x in pipeline.calibration(cfg.export.calibration_steps)]
-    if not calibration:
-        raise UserError("no calibration images could be read from the training data")
-    images, targets = [], []
-    for batch, onehot in pipeline.eval(batch_size=64):
-        images.append(batch.numpy())
-        targets.append(np.argmax(onehot.numpy(), axis=-1))
-        if cfg.export.eval_images and sum(map(len, images)) >= cfg.export.eval_images:
-            break
+    with user_errors_from_data(pipeline):
+        calibration = [x.numpy().astype(np.float32)
+                       for x in pipeline.calibration(cfg.export.calibration_steps)]
+        if not calibration:
+            raise UserError("no calibration images could be read from the training data")
+        images, targets = [], []
+        for batch, onehot in pipeline.eval(batch_size=64):
+            images.append(batch.numpy())
+            targets.append(np.argmax(onehot.numpy(), axis=-1))
+            if cfg.export.eval_images and sum(map(len, images)) >= cfg.export.eval_images:
+                break
+    if not images:
+        raise UserError("no evaluation images could be read")
     images = np.concatenate(images)[:cfg.export.eval_images].astype(np.float32)
     targets = np.concatenate(targets)[:cfg.export.eval_images]
-    keras_pred = np.argmax(trained.predict(images, batch_size=64, verbose=0), axis=-1)
+    keras_scores = trained.predict(images, batch_size=64, verbose=0)
+    if not np.all(np.isfinite(keras_scores)):
+        raise UserError(f"{run_dir.best_model}: gives non-finite scores on the eval images; "
+                        "this model cannot be exported (retrain it)")
+    keras_pred = np.argmax(keras_scores, axis=-1)
 
     name = f"{trained.name}_{cfg.data.image_size}"
     description = (f"MobileNetV3-{cfg.model.variant.capitalize()} (alpha {cfg.model.alpha}) "
@@ -99,6 +139,8 @@ def run(cfg: Config, model_dir: str) -> dict:
                               std=127.5 if quantized_input else 1.0)
         path = os.path.join(out_dir, f"{name}_{mode}.tflite")
         write_atomically(path, tflite)
+        # In another process first: a crash there fails the export, not this one.
+        check_out_of_process(path, images[:4], len(labels))
         classifier = Classifier(tflite, threads=cfg.export.threads)
         pred = np.array([np.argmax(classifier(x)) for x in images])
         rows.append({"mode": mode, "file": os.path.basename(path),
@@ -110,5 +152,4 @@ def run(cfg: Config, model_dir: str) -> dict:
     report = {"model": name, "eval_images": int(len(targets)), "threads": cfg.export.threads,
               "rows": rows}
     write_report(report, out_dir)
-    print(format_table(report))
     return report

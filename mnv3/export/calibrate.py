@@ -24,6 +24,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from mnv3.errors import UserError
+
 # A softmax output's range: fixed, not calibrated.
 PROBABILITY_RANGE = (0.0, 1.0)
 
@@ -106,6 +108,16 @@ def int8_model(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarray]
     ranges = record_ranges(float_model, [i for i in slots if i not in pinned],
                            samples, percentile)
     ranges.update(pinned)
+    for i in slots:
+        lo, hi = ranges[i]
+        # The quantizer crashes the process on a scale it cannot represent
+        # (after printing "scale out of expressed type range"); refuse first.
+        if not np.isfinite(np.float32(hi) - np.float32(lo)):
+            name = graph.tensors[i].name
+            raise UserError(f"int8 calibration: tensor {name.decode() if isinstance(name, bytes) else name} "
+                            f"has the range [{lo}, {hi}]; the model's activations overflow "
+                            "float32, so it cannot be quantized (retrain with a lower "
+                            "train.learning_rate)")
     for i in slots:
         graph.tensors[i].quantization.min = [ranges[i][0]]
         graph.tensors[i].quantization.max = [ranges[i][1]]

@@ -8,6 +8,7 @@ one named signature, so the .tflite has a `serving_default` signature with input
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from typing import Sequence
 
@@ -18,6 +19,7 @@ import tensorflow as tf
 from mnv3.errors import UserError
 from mnv3.export import calibrate, rewrite
 from mnv3.export.graph import SCALED_INPUT_RANGE
+from mnv3.native_output import captured_stderr
 
 MODES = ("float32", "fp16", "dynamic", "int8")
 SIGNATURE = "serving_default"
@@ -54,12 +56,23 @@ def convert(model: keras.Model, mode: str, samples: Sequence[np.ndarray] = (),
         elif mode == "dynamic":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         try:
-            if mode == "int8":
-                tflite = calibrate.int8_model(converter, samples, percentile, input_range,
-                                              IO_TYPES[input_type], IO_TYPES[output_type],
-                                              output_range)
-                return rewrite.uint8_input_through_float(tflite)
-            return converter.convert()
+            # The converter reports some errors only as native "error:" lines and
+            # returns a model anyway: such a model is a failure, not a result.
+            with captured_stderr() as log:
+                if mode == "int8":
+                    tflite = calibrate.int8_model(
+                        converter, samples, percentile, input_range, IO_TYPES[input_type],
+                        IO_TYPES[output_type], output_range)
+                    tflite = rewrite.uint8_input_through_float(tflite)
+                else:
+                    tflite = converter.convert()
+        except UserError:
+            raise
         except Exception as e:  # the converter raises many types; name the mode
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"TFLite conversion ({mode}) failed: {first[:300]}") from None
+        if log.errors():
+            sys.stderr.write(log.text)
+            raise UserError(f"TFLite conversion ({mode}) reported an error: "
+                            f"{log.errors()[0][:300]}")
+        return tflite

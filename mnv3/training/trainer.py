@@ -22,15 +22,25 @@ from mnv3.data import Pipeline
 from mnv3.errors import UserError
 from mnv3.model import build_from_config
 from mnv3.model.layers import with_keras_batch_norm
-from mnv3.training import optim
+from mnv3.files import default_mode
+from mnv3.training import checkpoints, optim
 from mnv3.training.strategy import is_chief
-from mnv3.training.run_dir import RunDir
+from mnv3.run_dir import RunDir
 
 SUM = tf.distribute.ReduceOp.SUM
 
 
 def say(message: str) -> None:
     print(message, flush=True)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 class _OptimizerHolder:
@@ -63,9 +73,7 @@ class Trainer:
                                               best_top1=self.best_top1)
         # Every worker takes part in saving; only the chief's copy is kept.
         self._scratch = None if self.chief else tempfile.mkdtemp(prefix="mnv3-worker-")
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, self._scratch or run_dir.checkpoints,
-            max_to_keep=cfg.train.keep_checkpoints)
+        self.manager = self._make_manager()
         self.ema = None
         if cfg.train.ema_decay is not None:
             self.ema = keras.callbacks.SwapEMAWeights()
@@ -79,8 +87,16 @@ class Trainer:
             jit_compile=cfg.runtime.jit_compile or None)
         self.eval_step = tf.function(lambda batch: self._on_all_replicas(self._eval_step, batch),
                                      reduce_retracing=True)
+        self._probe = None
+        self._finite_flags = tf.function(lambda: tf.stack(
+            [tf.reduce_all(tf.math.is_finite(v)) for v in self._float_variables()]))
         self.writer = tf.summary.create_file_writer(run_dir.tensorboard) if self.chief \
             else tf.summary.create_noop_writer()
+
+    def _make_manager(self) -> tf.train.CheckpointManager:
+        return tf.train.CheckpointManager(
+            self.checkpoint, self._scratch or self.run_dir.checkpoints,
+            max_to_keep=self.cfg.train.keep_checkpoints)
 
     # --- steps (run on every replica) -------------------------------------------
 
@@ -130,23 +146,58 @@ class Trainer:
 
     # --- public -------------------------------------------------------------------
 
-    def restore(self) -> bool:
-        latest = self.manager.latest_checkpoint
-        if self._scratch is not None:  # workers resume from the chief's checkpoint
-            latest = tf.train.latest_checkpoint(self.run_dir.checkpoints)
-        if not latest:
+    def restore(self, set_aside_damaged: bool = False) -> bool:
+        """Restores the newest checkpoint on disk that loads and holds finite
+        numbers; False when there is none. Damaged ones are skipped with a
+        warning (and set aside into checkpoints/damaged/ when
+        `set_aside_damaged`: only the run's lock holder may move files)."""
+        directory = self.run_dir.checkpoints
+        candidates = checkpoints.on_disk(directory)
+        if not candidates:
             return False
+        named = checkpoints.state_file_latest(directory)
+        if named is None or os.path.abspath(named) != os.path.abspath(candidates[0]):
+            warn(f"{os.path.join(directory, 'checkpoint')} is missing, unreadable or "
+                 "out of date; choosing from the checkpoint files themselves")
+        failures = []
+        for prefix in candidates:
+            try:
+                self._restore_from(prefix)
+            except checkpoints.DoesNotFit as e:
+                failures.append(("does not fit this model and optimiser", prefix, e))
+                continue
+            except Exception as e:  # a damaged file raises many types
+                failures.append(("is damaged", prefix, e))
+                moved = ""
+                if set_aside_damaged and self.chief:
+                    moved = f"; moved to {checkpoints.set_aside(prefix)}"
+                warn(f"{prefix}: damaged, skipped ({_first_line(e)}){moved}")
+                continue
+            if self.chief and set_aside_damaged and (failures or named != prefix):
+                checkpoints.rewrite_state(directory, prefix)
+                self.manager = self._make_manager()
+            say(f"resuming from {prefix}: {int(self.epochs_done.numpy())} epochs done, "
+                f"step {int(self.batches_done.numpy())}")
+            return True
+        why, prefix, error = failures[0]
+        if any(why.startswith("does not fit") for why, _, _ in failures):
+            why, prefix, error = next(f for f in failures if f[0].startswith("does not fit"))
+        raise UserError(f"{prefix}: checkpoint {why} ({_first_line(error)}), and no older "
+                        f"checkpoint in {directory} restores; move the run directory "
+                        "aside to start over")
+
+    def _restore_from(self, prefix: str) -> None:
         try:
-            self.checkpoint.restore(latest).assert_existing_objects_matched().expect_partial()
-        except (tf.errors.OpError, AssertionError, ValueError) as e:
-            raise UserError(f"{latest}: checkpoint does not fit this model and optimiser "
-                            f"({str(e).splitlines()[0][:200]})") from None
+            self.checkpoint.restore(prefix).assert_existing_objects_matched().expect_partial()
+        except (AssertionError, ValueError) as e:
+            if checkpoints.classify(e) == "does not fit":
+                raise checkpoints.DoesNotFit(_first_line(e)) from None
+            raise
         if int(self.batches_done.numpy()) == 0:  # a checkpoint from before batches_done
             self.batches_done.assign(self.optimizer.iterations)
-        step = int(self.batches_done.numpy())
-        say(f"resuming from {latest}: {int(self.epochs_done.numpy())} epochs done, "
-            f"step {step}")
-        return True
+        bad = self._non_finite_variable()
+        if bad:
+            raise ValueError(f"holds non-finite values in {bad}")
 
     def evaluate(self) -> dict:
         """Top-1 / top-5 / loss on the eval data, with EMA weights when EMA is on."""
@@ -164,21 +215,88 @@ class Trainer:
 
     def save_best(self):
         """best.keras (EMA weights when on, Keras' own BatchNorm layers), written
-        atomically by the chief."""
+        atomically by the chief; never with non-finite weights."""
         if self.ema:
             self.ema.on_test_begin()
         try:
+            self._refuse_non_finite("best.keras")
             if self.chief:
-                tmp = os.path.join(self.run_dir.path, ".best.tmp.keras")
-                with_keras_batch_norm(self.model).save(tmp)
-                os.replace(tmp, self.run_dir.best_model)
+                fd, tmp = tempfile.mkstemp(dir=self.run_dir.path, prefix=".best-",
+                                           suffix=".keras")
+                os.close(fd)
+                try:
+                    with_keras_batch_norm(self.model).save(tmp)
+                    os.chmod(tmp, default_mode())
+                    os.replace(tmp, self.run_dir.best_model)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
         finally:
             if self.ema:
                 self.ema.on_test_end()
 
+    def save_checkpoint(self, step: int) -> None:
+        """A checkpoint of finite state only: what is saved is what resumes."""
+        self._refuse_non_finite("a checkpoint")
+        if self.chief and not os.path.exists(self.run_dir.data_layout):
+            self.run_dir.save_data_layout(self._data_layout())
+        self.manager.save(checkpoint_number=step)
+
+    def _data_layout(self) -> dict:
+        return {"train_images": self.pipeline.source.train.size,
+                "batch_size": self.global_batch, "steps_per_epoch": self.steps_per_epoch}
+
+    def _check_data_layout(self) -> None:
+        """A checkpoint's data position counts batches of this data: with other
+        data or another batch size, resuming would not continue where it stopped."""
+        saved = self.run_dir.read_data_layout()
+        mine = self._data_layout()
+        if saved is None or saved == mine:
+            return
+        raise UserError(
+            f"{self.run_dir.path} was trained on {saved.get('train_images')} images in "
+            f"batches of {saved.get('batch_size')}, but this config gives "
+            f"{mine['train_images']} in batches of {mine['batch_size']}; its data "
+            "position would not carry over: resume with the same data and "
+            "train.batch_size, or use a new --model_dir")
+
+    def _non_finite_variable(self) -> str | None:
+        """The first model or optimiser variable holding NaN or inf, else None."""
+        flags = self._finite_flags()
+        for variable, finite in zip(self._float_variables(), flags):
+            if not bool(finite):
+                return variable.path
+        return None
+
+    def _float_variables(self):
+        return [v for v in [*self.model.variables, *self.optimizer.variables]
+                if tf.as_dtype(v.dtype).is_floating]
+
+    def _refuse_non_finite(self, what: str) -> None:
+        bad = self._non_finite_variable()
+        if bad is None and self._probe is not None:
+            scores = self.model(self._probe, training=False)
+            if not bool(tf.reduce_all(tf.math.is_finite(tf.cast(scores, tf.float32)))):
+                bad = "the model's outputs"
+        if bad is not None:
+            step = int(self.batches_done.numpy())
+            raise UserError(f"training diverged: non-finite values in {bad} at step {step}; "
+                            f"not saved as {what}. {self._last_good()} (try a lower "
+                            "train.learning_rate or set train.clip_grad_norm)")
+
+    def _last_good(self) -> str:
+        latest = checkpoints.on_disk(self.run_dir.checkpoints)
+        if not latest or not self.chief:
+            return "No checkpoint was saved before"
+        return f"The last good checkpoint, {latest[0]}, is intact and resumes"
+
     def fit(self):
         cfg = self.cfg.train
-        self.restore()
+        if self.restore(set_aside_damaged=True):
+            self._check_data_layout()
+        # A few fixed images: before any save, the model must give finite scores
+        # on them (weights can be finite yet so large that outputs are not).
+        self._probe = tf.cast(next(iter(self.pipeline.eval(batch_size=8)))[0], tf.float32)
         spe = self.steps_per_epoch
         start_epoch = int(self.epochs_done.numpy())
         if start_epoch >= cfg.epochs:
@@ -203,12 +321,11 @@ class Trainer:
             if not np.isfinite(out["loss"]):
                 raise UserError(
                     f"the training loss became {out['loss']} at step {step} (epoch "
-                    f"{epoch + 1}); stopped, the last good checkpoint in "
-                    f"{self.run_dir.checkpoints} is intact (try a lower "
+                    f"{epoch + 1}); stopped. {self._last_good()} (try a lower "
                     "train.learning_rate or set train.clip_grad_norm)")
             totals = _add(totals, out)
             images += out["count"]
-            rates = _rates(totals)
+            rates = _rates(totals, "training")
             lr = float(self._learning_rate())
             in_epoch = step - epoch * spe
             if progress:
@@ -224,11 +341,11 @@ class Trainer:
                     tf.summary.scalar("train/learning_rate", lr)
             if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 \
                     and in_epoch < spe:
-                self.manager.save(checkpoint_number=step)
+                self.save_checkpoint(step)
         seconds = time.perf_counter() - started
         record = {"epoch": epoch + 1, "step": int(self.batches_done.numpy()),
                   "lr": float(self._learning_rate()),
-                  **{f"train_{k}": v for k, v in _rates(totals).items()},
+                  **{f"train_{k}": v for k, v in _rates(totals, "training").items()},
                   "images_per_sec": round(images / max(seconds, 1e-9), 1),
                   "seconds": round(seconds, 1)}
         if cfg.mode == "train_and_eval":
@@ -241,7 +358,7 @@ class Trainer:
             self.save_best()
             self.best_top1.assign(record.get("eval_top1", 0.0))
         self.epochs_done.assign(epoch + 1)
-        self.manager.save(checkpoint_number=record["step"])
+        self.save_checkpoint(record["step"])
         if self.chief:
             self.run_dir.append_metrics(record)
             with self.writer.as_default(step=record["step"]):
@@ -273,9 +390,9 @@ def _add(totals, out):
     return {k: totals[k] + float(v) for k, v in out.items()}
 
 
-def _rates(totals) -> dict:
+def _rates(totals, what: str = "evaluation") -> dict:
     if not totals or totals["count"] == 0:
-        raise UserError("no evaluation images could be read")
+        raise UserError(f"no {what} images could be read (did every one fail to decode?)")
     n = totals["count"]
     return {"loss": totals["loss"] / n, "top1": totals["top1"] / n,
             "top5": totals["top5"] / n, "images": int(n)}

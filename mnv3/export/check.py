@@ -1,0 +1,61 @@
+"""Loads and runs an exported .tflite in a separate process, before it is
+published: a model with broken quantization can crash the interpreter (a
+segfault or an abort), and that must fail the export, not the user's app.
+
+    python -m mnv3.export.check MODEL.tflite IMAGES.npy   # exit 0: it runs
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+from mnv3.errors import UserError
+
+
+def check_out_of_process(path: str, images: np.ndarray, num_classes: int) -> None:
+    """Raises UserError unless the model at `path` loads and gives finite scores
+    for `num_classes` classes on every image (HxWx3 pixels 0..255)."""
+    with tempfile.NamedTemporaryFile(suffix=".npy") as f:
+        np.save(f, images.astype(np.float32))
+        f.flush()
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = {**os.environ,
+               "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+        result = subprocess.run(
+            [sys.executable, "-m", "mnv3.export.check", os.path.abspath(path), f.name,
+             str(num_classes)], capture_output=True, text=True, env=env, timeout=600)
+    name = os.path.basename(path)
+    if result.returncode < 0:
+        sig = signal.Signals(-result.returncode).name
+        raise UserError(f"{name}: the TFLite interpreter crashed running it ({sig}); "
+                        "not published")
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or ["no output"]
+        raise UserError(f"{name}: fails its check ({lines[-1][:300]}); not published")
+
+
+def main(argv) -> int:
+    from mnv3.export.evaluate import Classifier
+
+    path, images_path, num_classes = argv[0], argv[1], int(argv[2])
+    with open(path, "rb") as f:
+        classifier = Classifier(f.read())
+    for image in np.load(images_path):
+        scores = classifier(image)
+        if scores.shape != (num_classes,):
+            print(f"gives {scores.shape[0]} scores, expected {num_classes}", file=sys.stderr)
+            return 1
+        if not np.all(np.isfinite(scores)):
+            print("gives non-finite scores", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

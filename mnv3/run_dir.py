@@ -1,0 +1,191 @@
+"""The files of one run: model_dir/{config.yaml, labels.txt, checkpoints/,
+best.keras, metrics.jsonl, tb/, export/}, and the lock that gives one trainer
+at a time the right to write them. No TensorFlow here: export and tools read
+runs without the training stack."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import glob
+import json
+import os
+import tempfile
+
+from mnv3 import config as config_lib
+from mnv3.config import Config
+from mnv3.errors import UserError
+from mnv3.files import write_atomically
+
+# Characters that end a line for str.splitlines(): a class name holding one would
+# become two lines of labels.txt and shift every later label.
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def check_class_name(name: str, where: str) -> None:
+    """Refuses a class name that would not survive labels.txt and the TFLite
+    metadata (one UTF-8 line per class) exactly as it is."""
+    problem = None
+    if not name.strip():
+        problem = "is empty or only spaces"
+    elif any(c in LINE_BREAKS for c in name):
+        problem = "contains a line break"
+    elif name != name.strip():
+        problem = "starts or ends with a space"
+    else:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            problem = "is not valid UTF-8"
+    if problem:
+        raise UserError(f"{where}: class name {name!r} {problem}; rename it (class names "
+                        "go one per line into labels.txt and the model's metadata)")
+
+
+class Lock:
+    """An exclusive OS lock on a file (fcntl.flock): it dies with its process, so
+    a kill -9 never leaves a stale lock behind. The file holds the holder's PID."""
+
+    def __init__(self, path: str, what: str):
+        self.path, self.what, self._fd = path, what, None
+
+    def __enter__(self):
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            try:
+                with open(self.path, encoding="utf-8") as f:
+                    holder = f.read().strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            raise UserError(f"{os.path.dirname(self.path)}: in use by another "
+                            f"{self.what} (pid {holder}); wait for it to finish, or use "
+                            "another --model_dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self._fd)  # closing releases the lock; the file may stay
+        self._fd = None
+
+
+class RunDir:
+    def __init__(self, path: str):
+        self.path = path
+        self.config = os.path.join(path, "config.yaml")
+        self.labels = os.path.join(path, "labels.txt")
+        self.checkpoints = os.path.join(path, "checkpoints")
+        self.best_model = os.path.join(path, "best.keras")
+        self.metrics = os.path.join(path, "metrics.jsonl")
+        self.tensorboard = os.path.join(path, "tb")
+        self.export = os.path.join(path, "export")
+        # What a resumed run must share with its checkpoints to continue at the
+        # same data position (written before the first checkpoint).
+        self.data_layout = os.path.join(self.checkpoints, "data_layout.json")
+
+    def ensure_writable(self) -> None:
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.path, prefix=".write-test-"):
+                pass
+        except OSError as e:
+            raise UserError(f"{self.path}: model_dir is not writable "
+                            f"({e.strerror or e})") from None
+
+    def training_lock(self) -> Lock:
+        return Lock(os.path.join(self.path, ".train.lock"), "train.py")
+
+    def export_lock(self) -> Lock:
+        return Lock(os.path.join(self.path, ".export.lock"), "export_tflite.py")
+
+    def has_trained_state(self) -> bool:
+        """True once a checkpoint or best.keras exists: from then on the run
+        directory is held to its config."""
+        return bool(glob.glob(os.path.join(glob.escape(self.checkpoints), "ckpt-*"))) \
+            or os.path.exists(self.best_model)
+
+    def check_compatible(self, cfg: Config) -> None:
+        """A model_dir holds one model: refuse a config that builds a different one.
+        Before the first checkpoint nothing is held: a failed first attempt can be
+        rerun with a corrected config."""
+        if not os.path.exists(self.config) or not self.has_trained_state():
+            return
+        try:
+            previous = config_lib.load(self.config)
+        except UserError as e:
+            raise UserError(f"{self.path}: existing run has an unreadable config ({e})") from None
+        # What the checkpoint's variables and data position depend on.
+        def identity(c: Config) -> dict:
+            return {"model": dataclasses.asdict(c.model), "data.image_size": c.data.image_size,
+                    "data.num_classes": c.data.num_classes,
+                    "train.optimizer": c.train.optimizer,
+                    "train.batch_size": c.train.batch_size,
+                    "train.ema_decay is set": c.train.ema_decay is not None}
+        mine, theirs = identity(cfg), identity(previous)
+        for key in mine:
+            if mine[key] == theirs[key]:
+                continue
+            if key == "model":
+                diff = [k for k in mine[key] if mine[key][k] != theirs[key][k]]
+                key = f"model.{diff[0]}"
+                old, new = theirs["model"][diff[0]], mine["model"][diff[0]]
+            else:
+                old, new = theirs[key], mine[key]
+            raise UserError(f"{self.path} holds a model trained with {key}={old!r}, but the "
+                            f"config says {new!r}; use a new --model_dir")
+
+    def save_config(self, cfg: Config) -> None:
+        config_lib.save(cfg, self.config)
+
+    def save_labels(self, class_names: list[str]) -> None:
+        for name in class_names:
+            check_class_name(name, self.labels)
+        write_atomically(self.labels, "\n".join(class_names) + "\n")
+
+    def read_labels(self, expected: int | None = None) -> list[str]:
+        try:
+            with open(self.labels, encoding="utf-8") as f:
+                names = f.read().split("\n")
+        except UnicodeDecodeError:
+            raise UserError(f"{self.labels}: damaged (not UTF-8 text); it is rewritten "
+                            "by rerunning train.py with the same config") from None
+        except OSError as e:
+            raise UserError(f"{self.labels}: cannot be read ({e.strerror or e})") from None
+        if names and names[-1] == "":
+            names.pop()
+        if expected is not None and len(names) != expected:
+            raise UserError(f"{self.labels}: lists {len(names)} classes but the model has "
+                            f"{expected}; it is damaged or from another run")
+        for name in names:
+            check_class_name(name, self.labels)
+        return names
+
+    def save_data_layout(self, layout: dict) -> None:
+        os.makedirs(self.checkpoints, exist_ok=True)
+        write_atomically(self.data_layout, json.dumps(layout))
+
+    def read_data_layout(self) -> dict | None:
+        """The data layout the checkpoints were made with; None before the first
+        checkpoint (or for runs older than this file)."""
+        if not os.path.exists(self.data_layout):
+            return None
+        try:
+            with open(self.data_layout, encoding="utf-8") as f:
+                layout = json.load(f)
+            if not isinstance(layout, dict):
+                raise ValueError("not a mapping")
+            return layout
+        except (OSError, ValueError) as e:
+            raise UserError(f"{self.data_layout}: damaged ({e}); it records the data "
+                            "the checkpoints were trained on") from None
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
