@@ -186,6 +186,24 @@ class RunDir:
             raise UserError(f"{self.data_layout}: damaged ({e}); it records the data "
                             "the checkpoints were trained on") from None
 
+    def drop_metrics_after(self, epoch: int) -> None:
+        """Keeps metrics.jsonl in step with the checkpoint a run resumed from:
+        epochs past it (from a checkpoint now set aside) are trained again."""
+        if not os.path.exists(self.metrics):
+            return
+        with open(self.metrics, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+        kept = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+            if isinstance(record, dict) and record.get("epoch", 0) <= epoch:
+                kept.append(line)
+        if kept != lines:
+            write_atomically(self.metrics, "".join(k + "\n" for k in kept))
+
     def append_metrics(self, record: dict) -> None:
         with open(self.metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")

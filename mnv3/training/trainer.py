@@ -294,6 +294,8 @@ class Trainer:
         cfg = self.cfg.train
         if self.restore(set_aside_damaged=True):
             self._check_data_layout()
+            if self.chief:
+                self.run_dir.drop_metrics_after(int(self.epochs_done.numpy()))
         # A few fixed images: before any save, the model must give finite scores
         # on them (weights can be finite yet so large that outputs are not).
         self._probe = tf.cast(next(iter(self.pipeline.eval(batch_size=8)))[0], tf.float32)
