@@ -285,3 +285,70 @@ def test_real_imagenette_folder():
     images, labels = next(iter(pipeline.train()))
     assert images.shape == (8, 64, 64, 3) and float(tf.reduce_mean(
         tf.cast(images, tf.float32))) > 20
+
+
+def broken_png():
+    """A PNG that passes the cheap checks (signature, IEND) but does not decode."""
+    png = bytearray(tf.io.encode_png(random_rgb(np.random.default_rng(3))).numpy())
+    start = png.index(b"IDAT") + 4
+    png[start:start + 64] = bytes(range(64))  # compressed pixel data garbled
+    return bytes(png)
+
+
+def test_each_real_file_is_listed_once_whatever_links_the_folder_holds(tmp_path):
+    root = make_folder(tmp_path / "imgs", per_class=3)
+    os.symlink(root / "cat" / "0.jpg", root / "cat" / "again.jpg")
+    os.makedirs(root / "cat" / "sub")
+    os.symlink(root / "cat", root / "cat" / "sub" / "loop")  # a cycle
+    files = list_images(str(root))
+    real = [os.path.realpath(p) for p in files.paths]
+    assert len(real) == len(set(real)) == 7  # 4 cat (with tiny.gif) + 3 dog
+    assert files.labels.count(0) == 4
+    # The same file under two classes would be trained with two labels.
+    os.symlink(root / "dog", root / "cat" / "dogs")
+    with pytest.raises(UserError, match="in two classes"):
+        list_images(str(root))
+
+
+@pytest.mark.parametrize("name, why", [("two\nlines", "line break"), (" cat", "space"),
+                                       ("cat\u2028x", "line break")])
+def test_class_names_that_would_shift_labels_are_refused(tmp_path, name, why):
+    root = make_folder(tmp_path / "imgs", classes=("dog", name), per_class=2)
+    with pytest.raises(UserError, match=why):
+        list_images(str(root))
+
+
+def test_strict_decode_failure_names_the_file(tmp_path):
+    root = make_folder(tmp_path / "imgs", per_class=5)
+    (root / "dog" / "broken.png").write_bytes(broken_png())
+    assert len(list_images(str(root), strict=True).paths) == 12  # passes the cheap checks
+    args = ["train.py", "--config", "configs/quickstart.yaml", "--model_dir",
+            str(tmp_path / "run")]
+    for item in ["data.source=folder", f"data.train_dir={root}", f"data.eval_dir={root}",
+                 "data.num_classes=2", "data.image_size=32", "model.alpha=0.35",
+                 "model.remove_early_strides=2", "train.batch_size=4", "train.epochs=1",
+                 "data.strict=true"]:
+        args += ["--set", item]
+    assert_one_line_error(run_cli(*args), "broken.png", "cannot be decoded")
+
+
+def test_tfrecord_reconversion_and_wrong_counts(tmp_path):
+    from mnv3.data import tfrecord
+
+    root = make_folder(tmp_path / "imgs", per_class=5)
+    out = tmp_path / "records"
+    tfrecord.write_shards(str(root), str(out), 4, "train")
+    tfrecord.write_shards(str(root), str(out), 2, "train")
+    shards = tfrecord.shard_files(str(out), "train-*")
+    assert [os.path.basename(s) for s in shards] == [f"train-{i:05d}-of-00002"
+                                                      for i in range(2)]
+    assert tfrecord.record_count(str(out), "train-*", shards) == 11
+    # A count that does not describe these shards is not trusted.
+    counts = json.loads((out / "counts.json").read_text())
+    counts["train"]["records"] = 330
+    with open(shards[0], "ab") as f:
+        f.write(b"\0")  # the shards changed since the count was written
+    (out / "counts.json").write_text(json.dumps(counts))
+    assert tfrecord.record_count(str(out), "train-*", shards[1:]) < 11
+    (out / "counts.json").write_text("{not json")
+    assert tfrecord.record_count(str(out), "train-*", shards[1:]) < 11

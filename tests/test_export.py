@@ -287,3 +287,124 @@ def test_export_errors_are_one_line(tmp_path, exported):
     assert_one_line_error(run_cli("export_tflite.py", "--model_dir", model_dir,
                                   "--set", "data.image_size=96"), "best.keras", "96")
     assert not glob.glob(os.path.join(model_dir, "export", ".tmp-*"))
+
+
+def _copy_run(model_dir, to):
+    import shutil
+    shutil.copytree(model_dir, to, ignore=shutil.ignore_patterns("checkpoints", "tb"))
+    return str(to)
+
+
+def _snapshot(directory):
+    return {name: open(os.path.join(directory, name), "rb").read()
+            for name in sorted(os.listdir(directory))}
+
+
+def test_a_killed_export_leaves_the_previous_one_whole(tmp_path, exported):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from tests.conftest import ROOT
+
+    model_dir = _copy_run(exported[0], tmp_path / "run")
+    before = _snapshot(os.path.join(model_dir, "export"))
+    proc = subprocess.Popen([sys.executable, "export_tflite.py", "--model_dir", model_dir,
+                             "--quant", "float32,fp16"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        staged = glob.glob(os.path.join(model_dir, ".export-new-*", "*float32.tflite"))
+        if staged:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the export ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _snapshot(os.path.join(model_dir, "export")) == before  # old, whole
+    # A re-export with fewer modes leaves no stale file beside the new set.
+    result = run_cli("export_tflite.py", "--model_dir", model_dir, "--quant", "float32",
+                     "--set", "export.latency_runs=2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    export_dir = os.path.join(model_dir, "export")
+    assert sorted(os.listdir(export_dir)) == [
+        "labels.txt", "mobilenet_v3_small_64_float32.tflite", "report.json", "report.md"]
+    report = json.load(open(os.path.join(export_dir, "report.json")))
+    assert [r["mode"] for r in report["rows"]] == ["keras", "float32"]
+    assert not glob.glob(os.path.join(model_dir, ".export-new-*"))
+    # Files keep the mode the umask gives, so others can read the model.
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in os.listdir(export_dir):
+        assert os.stat(os.path.join(export_dir, name)).st_mode & 0o777 == 0o666 & ~umask
+    assert os.stat(export_dir).st_mode & 0o777 == 0o777 & ~umask
+    assert os.stat(os.path.join(model_dir, "config.yaml")).st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_non_finite_weights_are_refused_before_anything_is_published(tmp_path, exported):
+    import keras
+
+    model_dir = _copy_run(exported[0], tmp_path / "run")
+    before = _snapshot(os.path.join(model_dir, "export"))
+    best = os.path.join(model_dir, "best.keras")
+    model = keras.saving.load_model(best)
+    kernel = model.get_layer("block3_project").kernel
+    kernel.assign(np.full(kernel.shape, np.inf, np.float32))  # crashed the converter
+    model.save(best)
+    assert_one_line_error(run_cli("export_tflite.py", "--model_dir", model_dir),
+                          "best.keras", "non-finite")
+    assert _snapshot(os.path.join(model_dir, "export")) == before
+
+
+def test_an_int8_model_that_crashes_the_interpreter_is_not_published(tmp_path):
+    from mnv3.errors import UserError
+    from mnv3.export.check import check_out_of_process
+
+    cfg = config_lib.load(None, ["model.alpha=0.35", "data.image_size=32"])
+    model = build_from_config(cfg)
+    kernel = model.get_layer("block3_project").kernel
+    value = kernel.numpy()
+    value[0, 0, 0, 0] = 3e38  # finite, yet the int8 model aborts the interpreter
+    kernel.assign(value)
+    samples = [scale_input(np.random.default_rng(i).uniform(0, 255, (32, 32, 3))
+                           .astype(np.float32))[None] for i in range(4)]
+    graph = export_graph(model, cfg, for_int8=True, quantized_input=True)
+    path = str(tmp_path / "bad.tflite")
+    with pytest.raises(UserError, match="interpreter crashed running it"):
+        with open(path, "wb") as f:
+            f.write(convert(graph, "int8", samples))
+        check_out_of_process(path, np.zeros((2, 32, 32, 3), np.float32), 10)
+
+
+def test_damaged_run_files_are_one_line(tmp_path, exported):
+    model_dir = _copy_run(exported[0], tmp_path / "run")
+    labels = os.path.join(model_dir, "labels.txt")
+    good = open(labels, "rb").read()
+    open(labels, "wb").write(b"\xff\xfe\x00garbage")
+    assert_one_line_error(run_cli("export_tflite.py", "--model_dir", model_dir),
+                          "labels.txt", "damaged")
+    open(labels, "wb").write(good)
+    best = os.path.join(model_dir, "best.keras")
+    data = open(best, "rb").read()
+    open(best, "wb").write(data[:len(data) // 2])
+    assert_one_line_error(run_cli("export_tflite.py", "--model_dir", model_dir),
+                          "best.keras", "damaged")
+    # Usage errors are bad input too: exit 2, one line.
+    assert_one_line_error(run_cli("export_tflite.py"), "--model_dir")
+    assert_one_line_error(run_cli("train.py", "--config", "configs/quickstart.yaml",
+                                  "--model_dir", str(tmp_path / "x"), "--bogus"), "bogus")
+    config_path = os.path.join(labels, "config.yaml")  # runs through a regular file
+    assert_one_line_error(run_cli("train.py", "--config", config_path, "--model_dir",
+                                  str(tmp_path / "x")), config_path)
+
+
+def test_strict_export_names_an_image_that_does_not_decode(tmp_path, exported):
+    from tests.test_data import broken_png, make_folder
+
+    model_dir = _copy_run(exported[0], tmp_path / "run")
+    root = make_folder(tmp_path / "imgs", classes=[f"c{i}" for i in range(10)], per_class=2)
+    (root / "c0" / "broken.png").write_bytes(broken_png())
+    result = run_cli("export_tflite.py", "--model_dir", model_dir, "--quant", "float32",
+                     "--set", "data.source=folder", "--set", f"data.train_dir={root}",
+                     "--set", "data.strict=true")
+    assert_one_line_error(result, "broken.png", "cannot be decoded")

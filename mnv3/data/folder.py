@@ -141,10 +141,15 @@ def list_images(root: str, strict: bool = False) -> FileList:
                 continue
             real = _real_file(path)
             if real is not None and real in listed:
-                skipped.append((path, f"the same file as {listed[real]}"))
+                first, first_label = listed[real]
+                if first_label != label:
+                    raise UserError(f"{path}: the same file as {first}, in two classes "
+                                    f"({class_names[first_label]}, {name}); an image has "
+                                    "one label")
+                skipped.append((path, f"the same file as {first}"))
                 continue
             if real is not None:
-                listed[real] = path
+                listed[real] = (path, label)
             paths.append(path)
             labels.append(label)
             count += 1
