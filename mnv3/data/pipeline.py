@@ -17,7 +17,7 @@ import tensorflow as tf
 from mnv3.config import Config, DataConfig
 from mnv3.data import preprocess
 from mnv3.data.folder import first_undecodable
-from mnv3.errors import UserError
+from mnv3.errors import UserError, first_line
 from mnv3.data.sources import HOLDOUT_SEED, Source, load_source
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -163,7 +163,7 @@ def user_errors_from_data(pipeline: Pipeline):
             raise UserError(f"{LABEL_RANGE_MESSAGE} (data.num_classes is "
                             f"{pipeline.cfg.data.num_classes}; for TFRecords check "
                             "data.label_offset)") from None
-        reason = str(e).strip().splitlines()[0][:200]
+        reason = first_line(e)
         print("an image failed to decode; looking for the file...", file=sys.stderr,
               flush=True)
         paths = [*pipeline.source.train.paths, *pipeline.source.eval.paths]

@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 
 from mnv3.config import Config
-from mnv3.errors import UserError
+from mnv3.errors import UserError, first_line
 from mnv3.export.report import format_table
 from mnv3.files import (make_staging_dir, publish_directory, recover_directory,
                         write_atomically)
@@ -34,7 +34,7 @@ def _load_trained(run_dir, cfg: Config):
     try:
         model = keras.saving.load_model(run_dir.best_model, compile=False)
     except Exception as e:  # corrupt or foreign files raise many types
-        raise UserError(f"{damaged} ({_first_line(e)})") from None
+        raise UserError(f"{damaged} ({first_line(e)})") from None
     for weight in model.weights:
         if not np.all(np.isfinite(weight.numpy())):
             raise UserError(f"{run_dir.best_model}: non-finite values in {weight.path}; "
@@ -46,11 +46,6 @@ def _load_trained(run_dir, cfg: Config):
                         f"and gives {model.output.shape[-1]} classes, but the config says "
                         f"{expected} and {cfg.data.num_classes} ({len(labels)} labels)")
     return model, labels
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def run(cfg: Config, model_dir: str) -> dict:

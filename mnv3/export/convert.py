@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnv3.errors import UserError
+from mnv3.errors import UserError, first_line
 from mnv3.export import calibrate, rewrite
 from mnv3.export.graph import SCALED_INPUT_RANGE
 from mnv3.native_output import captured_stderr
@@ -69,8 +69,8 @@ def convert(model: keras.Model, mode: str, samples: Sequence[np.ndarray] = (),
         except UserError:
             raise
         except Exception as e:  # the converter raises many types; name the mode
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"TFLite conversion ({mode}) failed: {first[:300]}") from None
+            raise UserError(f"TFLite conversion ({mode}) failed: {first_line(e, 300)}") \
+                from None
         if log.errors():
             sys.stderr.write(log.text)
             raise UserError(f"TFLite conversion ({mode}) reported an error: "

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from mnv3.config import Config
 from mnv3.data import Pipeline
-from mnv3.errors import UserError
+from mnv3.errors import UserError, first_line
 from mnv3.model import build_from_config
 from mnv3.model.layers import with_keras_batch_norm
 from mnv3.files import default_mode
@@ -36,11 +36,6 @@ def say(message: str) -> None:
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 class _OptimizerHolder:
@@ -171,7 +166,7 @@ class Trainer:
                 moved = ""
                 if set_aside_damaged and self.chief:
                     moved = f"; moved to {checkpoints.set_aside(prefix)}"
-                warn(f"{prefix}: damaged, skipped ({_first_line(e)}){moved}")
+                warn(f"{prefix}: damaged, skipped ({first_line(e)}){moved}")
                 continue
             if self.chief and set_aside_damaged and (failures or named != prefix):
                 checkpoints.rewrite_state(directory, prefix)
@@ -182,7 +177,7 @@ class Trainer:
         why, prefix, error = failures[0]
         if any(why.startswith("does not fit") for why, _, _ in failures):
             why, prefix, error = next(f for f in failures if f[0].startswith("does not fit"))
-        raise UserError(f"{prefix}: checkpoint {why} ({_first_line(error)}), and no older "
+        raise UserError(f"{prefix}: checkpoint {why} ({first_line(error)}), and no older "
                         f"checkpoint in {directory} restores; move the run directory "
                         "aside to start over")
 
@@ -191,7 +186,7 @@ class Trainer:
             self.checkpoint.restore(prefix).assert_existing_objects_matched().expect_partial()
         except (AssertionError, ValueError) as e:
             if checkpoints.classify(e) == "does not fit":
-                raise checkpoints.DoesNotFit(_first_line(e)) from None
+                raise checkpoints.DoesNotFit(first_line(e)) from None
             raise
         if int(self.batches_done.numpy()) == 0:  # a checkpoint from before batches_done
             self.batches_done.assign(self.optimizer.iterations)
