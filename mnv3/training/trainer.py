@@ -151,7 +151,9 @@ class Trainer:
         if not candidates:
             return False
         named = checkpoints.state_file_latest(directory)
-        if named is None or os.path.abspath(named) != os.path.abspath(candidates[0]):
+        state_ok = named is not None and \
+            os.path.abspath(named) == os.path.abspath(candidates[0])
+        if not state_ok:
             warn(f"{os.path.join(directory, 'checkpoint')} is missing, unreadable or "
                  "out of date; choosing from the checkpoint files themselves")
         failures = []
@@ -168,7 +170,7 @@ class Trainer:
                     moved = f"; moved to {checkpoints.set_aside(prefix)}"
                 warn(f"{prefix}: damaged, skipped ({first_line(e)}){moved}")
                 continue
-            if self.chief and set_aside_damaged and (failures or named != prefix):
+            if self.chief and set_aside_damaged and (failures or not state_ok):
                 checkpoints.rewrite_state(directory, prefix)
                 self.manager = self._make_manager()
             say(f"resuming from {prefix}: {int(self.epochs_done.numpy())} epochs done, "
