@@ -15,7 +15,6 @@ from mnv3.errors import UserError
 from mnv3.run_dir import RunDir
 from mnv3.training import checkpoints
 from mnv3.training import run as train_run
-from tests.conftest import assert_one_line_error
 from tests.test_training import read_metrics, tiny_cfg, train_cli
 
 # 256 training images: 8 steps of 32 per epoch, a checkpoint every 4 steps.
