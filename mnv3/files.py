@@ -3,6 +3,7 @@ and the file a user had stays intact until the new one is complete."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -21,23 +22,29 @@ def default_mode() -> int:
     return 0o666 & ~_umask()
 
 
-def write_atomically(path: str, data: bytes | str) -> None:
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yields a temporary path beside `path` to write the file at; when the block
+    ends without error the file takes the umask's mode (mkstemp gives 0600) and
+    replaces `path` in one step. On error it is removed and `path` is untouched."""
     directory = os.path.dirname(os.path.abspath(path))
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-",
+                               suffix=os.path.splitext(path)[1])
+    os.close(fd)
     try:
-        # mkstemp creates 0600; give the file the mode open() would have, so a
-        # build job or another user can read an exported model.
-        os.fchmod(fd, default_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def write_atomically(path: str, data: bytes | str) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def make_staging_dir(parent: str, prefix: str) -> str:

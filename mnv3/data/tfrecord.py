@@ -105,7 +105,7 @@ def write_shards(src: str, out: str, shards: int, prefix: str, strict: bool = Fa
     """Converts a class-per-folder directory into `shards` TFRecord files; shards
     of an earlier conversion with the same prefix are removed."""
     from mnv3.data.folder import list_images
-    from mnv3.files import write_atomically
+    from mnv3.files import atomic_path, write_atomically
 
     files = list_images(src, strict=strict)
     os.makedirs(out, exist_ok=True)
@@ -113,8 +113,8 @@ def write_shards(src: str, out: str, shards: int, prefix: str, strict: bool = Fa
     written = []
     for index in range(shards):
         name = os.path.join(out, f"{prefix}-{index:05d}-of-{shards:05d}")
-        tmp = name + ".tmp"
-        with tf.io.TFRecordWriter(tmp) as writer:
+        # A killed conversion leaves no half-written shard.
+        with atomic_path(name) as tmp, tf.io.TFRecordWriter(tmp) as writer:
             for path, label in zip(files.paths[index::shards], files.labels[index::shards]):
                 with open(path, "rb") as f:
                     encoded = f.read()
@@ -123,7 +123,6 @@ def write_shards(src: str, out: str, shards: int, prefix: str, strict: bool = Fa
                     "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
                 }))
                 writer.write(example.SerializeToString())
-        os.replace(tmp, name)  # a killed conversion leaves no half-written shard
         written.append(name)
     # Old shards (another shard count) would still match `train-*` and be read.
     pattern = os.path.join(glob.escape(out), f"{prefix}-[0-9][0-9][0-9][0-9][0-9]-of-*")
