@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from absl import logging
 
-from mnv3.errors import UserError
+from mnv3.errors import UserError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -80,7 +80,7 @@ def first_undecodable(paths: list[str]) -> tuple[str, str] | None:
             tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
             return None
         except (tf.errors.OpError, OSError) as e:
-            return str(getattr(e, "message", e)).strip().splitlines()[0][:200]
+            return first_line(e)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         for path, why in zip(paths, pool.map(problem, paths)):

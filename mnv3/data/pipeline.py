@@ -17,8 +17,8 @@ import tensorflow as tf
 from mnv3.config import Config, DataConfig
 from mnv3.data import preprocess
 from mnv3.data.folder import first_undecodable
-from mnv3.errors import UserError, first_line
 from mnv3.data.sources import HOLDOUT_SEED, Source, load_source
+from mnv3.errors import UserError, first_line
 
 AUTOTUNE = tf.data.AUTOTUNE
 LABEL_RANGE_MESSAGE = "a label is outside 0..data.num_classes-1"

@@ -114,8 +114,9 @@ def int8_model(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarray]
         # (after printing "scale out of expressed type range"); refuse first.
         if not np.isfinite(np.float32(hi) - np.float32(lo)):
             name = graph.tensors[i].name
-            raise UserError(f"int8 calibration: tensor {name.decode() if isinstance(name, bytes) else name} "
-                            f"has the range [{lo}, {hi}]; the model's activations overflow "
+            name = name.decode() if isinstance(name, bytes) else name
+            raise UserError(f"int8 calibration: tensor {name} has the range [{lo}, {hi}]; "
+                            "the model's activations overflow "
                             "float32, so it cannot be quantized (retrain with a lower "
                             "train.learning_rate)")
     for i in slots:

@@ -43,12 +43,10 @@ def state_file_latest(directory: str) -> str | None:
         return None
 
 
-def classify(error: BaseException) -> str:
-    """'does not fit' for a mismatch with the model, else 'damaged'."""
-    text = str(error)
-    if isinstance(error, AssertionError) or "incompatible tensor with shape" in text:
-        return "does not fit"
-    return "damaged"
+def is_mismatch(error: BaseException) -> bool:
+    """A restore error that means "another model", not "a damaged file"."""
+    return isinstance(error, AssertionError) or \
+        "incompatible tensor with shape" in str(error)
 
 
 def set_aside(prefix: str) -> str:

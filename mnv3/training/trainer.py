@@ -22,12 +22,13 @@ from mnv3.data import Pipeline
 from mnv3.errors import UserError, first_line
 from mnv3.model import build_from_config
 from mnv3.model.layers import with_keras_batch_norm
-from mnv3.files import default_mode
+from mnv3.files import atomic_path
 from mnv3.training import checkpoints, optim
 from mnv3.training.strategy import is_chief
 from mnv3.run_dir import RunDir
 
 SUM = tf.distribute.ReduceOp.SUM
+NOT_FIT = "does not fit this model and optimiser"
 
 
 def say(message: str) -> None:
@@ -156,12 +157,12 @@ class Trainer:
         if not state_ok:
             warn(f"{os.path.join(directory, 'checkpoint')} is missing, unreadable or "
                  "out of date; choosing from the checkpoint files themselves")
-        failures = []
+        failures = []  # (why, prefix, error), newest first
         for prefix in candidates:
             try:
                 self._restore_from(prefix)
             except checkpoints.DoesNotFit as e:
-                failures.append(("does not fit this model and optimiser", prefix, e))
+                failures.append((NOT_FIT, prefix, e))
                 continue
             except Exception as e:  # a damaged file raises many types
                 failures.append(("is damaged", prefix, e))
@@ -176,9 +177,8 @@ class Trainer:
             say(f"resuming from {prefix}: {int(self.epochs_done.numpy())} epochs done, "
                 f"step {int(self.batches_done.numpy())}")
             return True
-        why, prefix, error = failures[0]
-        if any(why.startswith("does not fit") for why, _, _ in failures):
-            why, prefix, error = next(f for f in failures if f[0].startswith("does not fit"))
+        # A mismatch says more than damage: name it first.
+        why, prefix, error = next((f for f in failures if f[0] == NOT_FIT), failures[0])
         raise UserError(f"{prefix}: checkpoint {why} ({first_line(error)}), and no older "
                         f"checkpoint in {directory} restores; move the run directory "
                         "aside to start over")
@@ -187,7 +187,7 @@ class Trainer:
         try:
             self.checkpoint.restore(prefix).assert_existing_objects_matched().expect_partial()
         except (AssertionError, ValueError) as e:
-            if checkpoints.classify(e) == "does not fit":
+            if checkpoints.is_mismatch(e):
                 raise checkpoints.DoesNotFit(first_line(e)) from None
             raise
         if int(self.batches_done.numpy()) == 0:  # a checkpoint from before batches_done
@@ -218,16 +218,8 @@ class Trainer:
         try:
             self._refuse_non_finite("best.keras")
             if self.chief:
-                fd, tmp = tempfile.mkstemp(dir=self.run_dir.path, prefix=".best-",
-                                           suffix=".keras")
-                os.close(fd)
-                try:
+                with atomic_path(self.run_dir.best_model) as tmp:
                     with_keras_batch_norm(self.model).save(tmp)
-                    os.chmod(tmp, default_mode())
-                    os.replace(tmp, self.run_dir.best_model)
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
         finally:
             if self.ema:
                 self.ema.on_test_end()
@@ -241,7 +233,7 @@ class Trainer:
 
     def _data_layout(self) -> dict:
         return {"train_images": self.pipeline.source.train.size,
-                "batch_size": self.global_batch, "steps_per_epoch": self.steps_per_epoch}
+                "batch_size": self.global_batch}
 
     def _check_data_layout(self) -> None:
         """A checkpoint's data position counts batches of this data: with other
