@@ -56,6 +56,12 @@ class ModelConfig:
         min=0.0, max=1.0, min_exclusive=True)
     bn_epsilon: float = _field(
         1e-3, "BatchNorm epsilon.", min=0.0, max=1.0, min_exclusive=True)
+    init_from: Optional[str] = _field(
+        None, "Starting weights: `imagenet` (keras.applications' published file for "
+        "this variant, alpha and minimalistic setting), a weights file (`.h5`, "
+        "`.weights.h5`, `.keras`) or an earlier run directory. The classifier is "
+        "re-initialised when the class count differs. A resumed run keeps its own "
+        "checkpoint. null: random initialisation.")
     remove_early_strides: int = _field(
         0, "Leading stride-2 layers run at stride 1, for small images "
         "(2 for 32 px CIFAR: a 4x4 final map instead of 1x1).", min=0, max=2)
@@ -139,7 +145,10 @@ class TrainConfig:
     mode: Literal["train_and_eval", "train", "eval"] = _field(
         "train_and_eval", "`train_and_eval` evaluates after every epoch; `eval` only "
         "evaluates the latest checkpoint.")
-    epochs: int = _field(10, "Passes over the training data.", min=1, max=100_000)
+    epochs: int = _field(
+        10, "Passes over the training data. 0 with `model.init_from`: the starting "
+        "weights become the run's model as they are (to export a published model).",
+        min=0, max=100_000)
     batch_size: int = _field(64, "Global batch size (all replicas together).", min=1,
                              max=1_000_000)
     optimizer: Literal["rmsprop", "sgd", "adamw"] = _field(
@@ -170,6 +179,15 @@ class TrainConfig:
         1e-5, "L2 on conv and dense kernels (not BatchNorm or biases); decoupled "
         "for `adamw` (use about 0.05 there).", min=0.0, max=1.0)
     label_smoothing: float = _field(0.0, "Label smoothing.", min=0.0, max=0.5)
+    freeze_backbone_epochs: int = _field(
+        0, "Fine-tuning: for this many epochs at the start only the classifier head "
+        "trains (the backbone is frozen, its BatchNorm in inference mode); then every "
+        "layer trains, with a warm-up and decay of its own. Needs `model.init_from`.",
+        min=0, max=100_000)
+    backbone_lr_scale: float = _field(
+        1.0, "Fine-tuning: the backbone's learning rate (and adamw's weight decay) as "
+        "a fraction of the head's, so pretrained features change slowly. Needs "
+        "`model.init_from`.", min=0.0, max=1.0, min_exclusive=True)
     clip_grad_norm: Optional[float] = _field(
         None, "Clip gradients to this global norm; null: no clipping.",
         min=0.0, max=1e6, min_exclusive=True)
@@ -361,6 +379,25 @@ def _check_consistency(cfg: Config):
         raise ConfigError("runtime.seed: workers must share a seed to split the data")
     if cfg.model.feature_outputs and cfg.model.include_top:
         raise ConfigError("model.feature_outputs: needs model.include_top: false")
+    fine_tuning = {"train.freeze_backbone_epochs": cfg.train.freeze_backbone_epochs != 0,
+                   "train.backbone_lr_scale": cfg.train.backbone_lr_scale != 1.0,
+                   "train.epochs": cfg.train.epochs == 0}
+    for key, used in fine_tuning.items():
+        if used and not cfg.model.init_from:
+            raise ConfigError(f"{key}: {getattr(cfg.train, key.split('.')[1])} needs "
+                              "model.init_from (there is no pretrained backbone)")
+    if cfg.train.freeze_backbone_epochs > cfg.train.epochs:
+        raise ConfigError(f"train.freeze_backbone_epochs: {cfg.train.freeze_backbone_epochs} "
+                          f"is more than train.epochs ({cfg.train.epochs})")
+    if cfg.train.freeze_backbone_epochs and not cfg.model.include_top:
+        raise ConfigError("train.freeze_backbone_epochs: needs model.include_top (the "
+                          "head is what trains while the backbone is frozen)")
+    if cfg.model.init_from == "imagenet":
+        from mnv3.published import check_published
+        try:
+            check_published(cfg.model)
+        except UserError as e:
+            raise ConfigError(str(e)) from None
     total_stride = 2 ** (5 - cfg.model.remove_early_strides)
     if cfg.data.image_size < total_stride:
         raise ConfigError(

@@ -1,5 +1,5 @@
 """The files of one run: model_dir/{config.yaml, labels.txt, checkpoints/,
-best.keras, metrics.jsonl, tb/, export/}, and the lock that gives one trainer
+best.keras, metrics.jsonl, init_from.json, tb/, export/}, and the lock that gives one trainer
 at a time the right to write them. No TensorFlow here: export and tools read
 runs without the training stack."""
 
@@ -84,6 +84,8 @@ class RunDir:
         self.checkpoints = os.path.join(path, "checkpoints")
         self.best_model = os.path.join(path, "best.keras")
         self.metrics = os.path.join(path, "metrics.jsonl")
+        # What a run fine-tuned from started with (model.init_from): source and sha256.
+        self.init_record = os.path.join(path, "init_from.json")
         self.tensorboard = os.path.join(path, "tb")
         self.export = os.path.join(path, "export")
         # What a resumed run must share with its checkpoints to continue at the
@@ -123,7 +125,9 @@ class RunDir:
             raise UserError(f"{self.path}: existing run has an unreadable config ({e})") from None
         # What the checkpoint's variables and data position depend on.
         def identity(c: Config) -> dict:
-            return {"model": dataclasses.asdict(c.model), "data.image_size": c.data.image_size,
+            model = dataclasses.asdict(c.model)
+            model.pop("init_from")  # only a fresh run reads it; a resume does not
+            return {"model": model, "data.image_size": c.data.image_size,
                     "data.num_classes": c.data.num_classes,
                     "train.optimizer": c.train.optimizer,
                     "train.batch_size": c.train.batch_size,
@@ -166,6 +170,9 @@ class RunDir:
         for name in names:
             check_class_name(name, self.labels)
         return names
+
+    def save_init_record(self, record: dict) -> None:
+        write_atomically(self.init_record, json.dumps(record, indent=1) + "\n")
 
     def save_data_layout(self, layout: dict) -> None:
         os.makedirs(self.checkpoints, exist_ok=True)

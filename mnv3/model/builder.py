@@ -17,6 +17,11 @@ from mnv3.model import specs
 from mnv3.model.layers import FusedBatchNormalization
 
 INPUT_NAME = "image"
+# The classifier head: the layers after global pooling. They are what trains while
+# a pretrained backbone is frozen; CLASSIFIER is re-initialised when a pretrained
+# model had another class count.
+HEAD_LAYERS = ("head_fc", "logits")
+CLASSIFIER = "logits"
 
 # He initialisation over fan-out (as torchvision's MobileNetV3). For a depthwise
 # kernel, Keras counts fan-out as k*k, its true fan-in, so activations keep their
@@ -149,11 +154,11 @@ def build_model(cfg: ModelConfig, image_size: int | None, num_classes: int,
         if cfg.alpha > 1.0:
             head_filters = make_divisible(head_filters * cfg.alpha)
         x = layers.GlobalAveragePooling2D(keepdims=True, name="pool")(x)
-        x = layers.Conv2D(head_filters, 1, name="head_fc")(x)
+        x = layers.Conv2D(head_filters, 1, name=HEAD_LAYERS[0])(x)
         x = b.activation(x, top_activation, "head_fc_act")
         if cfg.dropout > 0:
             x = layers.Dropout(cfg.dropout, name="dropout")(x)
-        x = layers.Conv2D(num_classes, 1, name="logits")(x)
+        x = layers.Conv2D(num_classes, 1, name=CLASSIFIER)(x)
         x = layers.Flatten(name="flatten")(x)
         # float32 output even under mixed precision, for a stable loss.
         outputs = layers.Activation(cfg.classifier_activation, dtype="float32",

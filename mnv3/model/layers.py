@@ -45,13 +45,16 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
 
 def with_keras_batch_norm(model: keras.Model) -> keras.Model:
-    """A copy of `model` (same weights) whose BatchNorm layers are Keras' own, so
-    a saved file loads with plain Keras, without mnv3 on the path."""
+    """A copy of `model` (same weights, every layer trainable) whose BatchNorm
+    layers are Keras' own, so a saved file loads with plain Keras, without mnv3
+    on the path."""
     def clone(layer):
         cls = type(layer)
         if isinstance(layer, FusedBatchNormalization):
             cls = keras.layers.BatchNormalization
-        return cls.from_config(layer.get_config())
+        config = layer.get_config()
+        config["trainable"] = True  # a backbone frozen for fine-tuning is not frozen in the file
+        return cls.from_config(config)
 
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())

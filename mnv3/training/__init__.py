@@ -16,6 +16,8 @@ def run(cfg: Config, model_dir: str) -> dict | None:
     import keras
 
     from mnv3.data import make_pipeline, user_errors_from_data
+    from mnv3.model import pretrained
+    from mnv3.training import checkpoints
     from mnv3.training.strategy import is_chief, make_strategy
     from mnv3.training.trainer import Trainer, say
 
@@ -29,6 +31,11 @@ def run(cfg: Config, model_dir: str) -> dict | None:
     training = cfg.train.mode != "eval"
     if training:
         pipeline.steps_per_epoch()  # a training set smaller than one batch fails here
+    start = None
+    if training and cfg.model.init_from and \
+            not checkpoints.on_disk(run_dir.checkpoints):
+        # Read and matched before model_dir is touched: a bad source writes nothing.
+        start = pretrained.plan(cfg)
     with contextlib.ExitStack() as stack:
         if training and is_chief(strategy):
             run_dir.ensure_writable()
@@ -38,7 +45,9 @@ def run(cfg: Config, model_dir: str) -> dict | None:
         if training and is_chief(strategy):
             run_dir.save_config(cfg)
             run_dir.save_labels(pipeline.class_names)
-        trainer = Trainer(cfg, run_dir, strategy, pipeline)
+            if start:
+                run_dir.save_init_record(start.record())
+        trainer = Trainer(cfg, run_dir, strategy, pipeline, start)
         stack.callback(trainer.close)
         with user_errors_from_data(pipeline):
             if not training:

@@ -45,15 +45,78 @@ class WarmupConstant(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps}
 
 
+class TwoPhases(keras.optimizers.schedules.LearningRateSchedule):
+    """Fine-tuning: `first` for the head-only steps, then `second` from its own
+    step 0, so training the whole network starts with its own warm-up."""
+
+    def __init__(self, boundary, first, second):
+        self.boundary = boundary
+        self.first = first
+        self.second = second
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        later = self.second(ops.maximum(step - self.boundary, 0.0))
+        return ops.where(step < self.boundary, self.first(step), later)
+
+    def get_config(self):
+        return {"boundary": self.boundary,
+                "first": keras.optimizers.schedules.serialize(self.first),
+                "second": keras.optimizers.schedules.serialize(self.second)}
+
+
+class _ScaledLearningRates:
+    """Mixed into a Keras optimiser: chosen variables learn at a fraction of the
+    learning rate, decoupled weight decay included (as a parameter group's lr
+    does in PyTorch). Scaling their gradients instead would barely change an
+    Adam or RMSprop step, which divides the scale back out."""
+
+    def scale_learning_rate(self, variables, scale: float) -> None:
+        """Call after build(): marks `variables` to learn at `scale` x the rate."""
+        self._lr_scale = {self._get_variable_index(v): scale for v in variables}
+
+    def _scale_of(self, variable) -> float:
+        scales = getattr(self, "_lr_scale", None)
+        return scales.get(self._get_variable_index(variable), 1.0) if scales else 1.0
+
+    def _use_weight_decay(self, variable):
+        # Scaled variables get their decay in update_step, at their own rate.
+        return self._scale_of(variable) == 1.0 and super()._use_weight_decay(variable)
+
+    def update_step(self, gradient, variable, learning_rate):
+        scale = self._scale_of(variable)
+        if scale != 1.0:
+            learning_rate = learning_rate * scale
+            if self.weight_decay is not None and super()._use_weight_decay(variable):
+                rate = ops.cast(learning_rate, variable.dtype)
+                variable.assign(variable - variable * ops.cast(self.weight_decay,
+                                                               variable.dtype) * rate)
+        return super().update_step(gradient, variable, learning_rate)
+
+
+def _scalable(cls):
+    return type(cls.__name__, (_ScaledLearningRates, cls), {})
+
+
 def peak_learning_rate(cfg: TrainConfig) -> float:
     """Linear scaling with the global batch size (Goyal et al. 2017)."""
     return cfg.learning_rate * cfg.batch_size / cfg.base_batch_size
 
 
 def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
+    """The configured schedule; with frozen-backbone epochs, one per phase."""
+    frozen = cfg.freeze_backbone_epochs
+    if not frozen or frozen == cfg.epochs:
+        return _schedule(cfg, steps_per_epoch, cfg.epochs)
+    return TwoPhases(frozen * steps_per_epoch,
+                     _schedule(cfg, steps_per_epoch, frozen),
+                     _schedule(cfg, steps_per_epoch, cfg.epochs - frozen))
+
+
+def _schedule(cfg: TrainConfig, steps_per_epoch: int, epochs: int):
     peak = peak_learning_rate(cfg)
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    total = cfg.epochs * steps_per_epoch
+    total = epochs * steps_per_epoch
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total)
     if cfg.schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0 if warmup else peak,
@@ -66,19 +129,24 @@ def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
+    """The configured optimiser; with `backbone_lr_scale` one that can give some
+    variables a lower rate (scale_learning_rate, after build)."""
     schedule = make_schedule(cfg, steps_per_epoch)
     ema = dict(use_ema=cfg.ema_decay is not None, ema_momentum=cfg.ema_decay or 0.99)
     clip = dict(global_clipnorm=cfg.clip_grad_norm)
+    def kind(cls):
+        return _scalable(cls) if cfg.backbone_lr_scale != 1.0 else cls
     if cfg.optimizer == "rmsprop":
         # TF1's RMSProp divides by sqrt(ms + eps), Keras by sqrt(ms) + eps; with
         # sqrt(eps) the two agree where it matters, when ms is small.
-        return keras.optimizers.RMSprop(schedule, rho=cfg.rho, momentum=cfg.momentum,
-                                        epsilon=math.sqrt(cfg.epsilon), **ema, **clip)
+        return kind(keras.optimizers.RMSprop)(
+            schedule, rho=cfg.rho, momentum=cfg.momentum, epsilon=math.sqrt(cfg.epsilon),
+            **ema, **clip)
     if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=cfg.momentum,
-                                    nesterov=cfg.nesterov, **ema, **clip)
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay,
-                                       **ema, **clip)
+        return kind(keras.optimizers.SGD)(schedule, momentum=cfg.momentum,
+                                          nesterov=cfg.nesterov, **ema, **clip)
+    optimizer = kind(keras.optimizers.AdamW)(schedule, weight_decay=cfg.weight_decay,
+                                             **ema, **clip)
     # Decoupled decay only on kernels, as the L2 term is for the other optimisers.
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     return optimizer

@@ -21,6 +21,8 @@ from mnv3.config import Config
 from mnv3.data import Pipeline
 from mnv3.errors import UserError, first_line
 from mnv3.model import build_from_config
+from mnv3.model.builder import HEAD_LAYERS
+from mnv3.model.pretrained import Start
 from mnv3.model.layers import with_keras_batch_norm
 from mnv3.files import atomic_path
 from mnv3.training import checkpoints, optim
@@ -47,8 +49,12 @@ class _OptimizerHolder:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: RunDir, strategy, pipeline: Pipeline):
+    def __init__(self, cfg: Config, run_dir: RunDir, strategy, pipeline: Pipeline,
+                 start: Start | None = None):
+        """`start`: the weights a fresh run begins with (model.init_from); a run
+        that resumes from its own checkpoint never uses them."""
         self.cfg, self.run_dir, self.strategy, self.pipeline = cfg, run_dir, strategy, pipeline
+        self.start = start
         self.chief = is_chief(strategy)
         self.steps_per_epoch = pipeline.steps_per_epoch()
         self.global_batch = cfg.train.batch_size
@@ -58,6 +64,10 @@ class Trainer:
             if cfg.runtime.mixed_precision == "mixed_float16":
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             self.optimizer.build(self.model.trainable_variables)
+            if cfg.train.backbone_lr_scale != 1.0:
+                inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+                inner.scale_learning_rate(self._backbone_variables(),
+                                          cfg.train.backbone_lr_scale)
             self.epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False)
             # Batches trained on: the data position. Not optimizer.iterations, which
             # stands still when mixed_float16's loss scaling skips an overflowing step.
@@ -77,10 +87,8 @@ class Trainer:
         self.loss_fn = keras.losses.CategoricalCrossentropy(
             from_logits=cfg.model.classifier_activation == "linear",
             label_smoothing=cfg.train.label_smoothing, reduction=None)
-        self.kernels = optim.decayed_weights(self.model) if optim.uses_l2_loss(cfg.train) else []
-        self.train_step = tf.function(
-            lambda batch: self._on_all_replicas(self._train_step, batch),
-            jit_compile=cfg.runtime.jit_compile or None)
+        self._backbone_frozen = None  # set by _set_phase when fine-tuning freezes it
+        self._make_train_step()
         self.eval_step = tf.function(lambda batch: self._on_all_replicas(self._eval_step, batch),
                                      reduce_retracing=True)
         self._probe = None
@@ -88,6 +96,38 @@ class Trainer:
             [tf.reduce_all(tf.math.is_finite(v)) for v in self._float_variables()]))
         self.writer = tf.summary.create_file_writer(run_dir.tensorboard) if self.chief \
             else tf.summary.create_noop_writer()
+
+    def _make_train_step(self) -> None:
+        """(Re)traces the step for the variables that train now."""
+        cfg = self.cfg
+        self.kernels = optim.decayed_weights(self.model) if optim.uses_l2_loss(cfg.train) else []
+        self.train_step = tf.function(
+            lambda batch: self._on_all_replicas(self._train_step, batch),
+            jit_compile=cfg.runtime.jit_compile or None)
+
+    def _backbone_variables(self) -> list:
+        return [v for layer in self.model.layers if layer.name not in HEAD_LAYERS
+                for v in layer.trainable_weights]
+
+    def _set_phase(self, epoch: int) -> None:
+        """Fine-tuning: the backbone is frozen for the first freeze_backbone_epochs.
+        A frozen Keras BatchNorm runs in inference mode, so small batches of new
+        data leave its pretrained statistics alone."""
+        if not self.cfg.train.freeze_backbone_epochs:
+            return
+        frozen = epoch < self.cfg.train.freeze_backbone_epochs
+        if frozen == self._backbone_frozen:
+            return
+        for layer in self.model.layers:
+            if layer.name not in HEAD_LAYERS:
+                layer.trainable = not frozen
+        self._backbone_frozen = frozen
+        self._make_train_step()
+        if frozen:
+            say(f"epochs {epoch + 1}-{self.cfg.train.freeze_backbone_epochs}: only the "
+                f"head ({', '.join(HEAD_LAYERS)}) trains; the backbone is frozen")
+        else:
+            say(f"epoch {epoch + 1} on: the whole network trains")
 
     def _make_manager(self) -> tf.train.CheckpointManager:
         return tf.train.CheckpointManager(
@@ -281,15 +321,25 @@ class Trainer:
 
     def fit(self):
         cfg = self.cfg.train
-        if self.restore(set_aside_damaged=True):
+        resumed = self.restore(set_aside_damaged=True)
+        if resumed:
             self._check_data_layout()
             if self.chief:
                 self.run_dir.drop_metrics_after(int(self.epochs_done.numpy()))
+            if self.cfg.model.init_from:
+                say("model.init_from is not applied again: the run resumes from its "
+                    "own checkpoint")
+        elif self.start:
+            self.start.apply(self.model)
+            say(self.start.summary())
         # A few fixed images: before any save, the model must give finite scores
         # on them (weights can be finite yet so large that outputs are not).
         self._probe = tf.cast(next(iter(self.pipeline.eval(batch_size=8)))[0], tf.float32)
         spe = self.steps_per_epoch
         start_epoch = int(self.epochs_done.numpy())
+        if cfg.epochs == 0 and not resumed:
+            self._keep_starting_model()
+            return
         if start_epoch >= cfg.epochs:
             say(f"already trained {start_epoch} of {cfg.epochs} epochs; nothing to do")
             return
@@ -299,8 +349,21 @@ class Trainer:
         for epoch in range(start_epoch, cfg.epochs):
             self._train_epoch(epoch)
 
+    def _keep_starting_model(self) -> None:
+        """train.epochs 0: the starting weights, evaluated, become the run's model."""
+        record = {"epoch": 0, "step": 0}
+        if self.cfg.train.mode == "train_and_eval":
+            record.update({f"eval_{k}": v for k, v in self.evaluate().items()})
+        self.save_best()
+        self.best_top1.assign(record.get("eval_top1", 0.0))
+        self.save_checkpoint(0)
+        if self.chief:
+            self.run_dir.append_metrics(record)
+        say(json.dumps(record))
+
     def _train_epoch(self, epoch: int):
         cfg, spe = self.cfg.train, self.steps_per_epoch
+        self._set_phase(epoch)
         done_in_epoch = int(self.batches_done.numpy()) - epoch * spe
         ds = self.pipeline.train(epoch).repeat().take(spe).skip(max(done_in_epoch, 0))
         progress = keras.utils.Progbar(spe, stateful_metrics=["loss", "top1", "lr"]) \

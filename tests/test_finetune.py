@@ -1,0 +1,291 @@
+"""Fine-tuning: starting weights (model.init_from) from keras.applications'
+published files, Keras files and earlier runs; the frozen-backbone phase; and
+the backbone's own learning rate."""
+
+import hashlib
+import os
+import signal
+import time
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from mnv3 import config as config_lib
+from mnv3 import published
+from mnv3.config import TrainConfig
+from mnv3.errors import UserError
+from mnv3.model import build_from_config
+from mnv3.model import pretrained
+from mnv3.model.builder import HEAD_LAYERS
+from mnv3.training import optim, run
+from tests.conftest import assert_one_line_error, run_cli
+from tests.test_training import TINY, tiny_cfg, train_cli
+
+APPLICATIONS = {"large": keras.applications.MobileNetV3Large,
+                "small": keras.applications.MobileNetV3Small}
+
+
+def save_published_layout(model, path):
+    """Saves `model`'s weights the way keras.applications' published .h5 files
+    hold them (Keras 2's HDF5 layout): `layer_names` on the root, and per layer
+    a group whose `weight_names` attribute lists its datasets in order."""
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([layer.name.encode() for layer in model.layers])
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.2.4"
+        for layer in model.layers:
+            group = f.create_group(layer.name)
+            names = [f"{layer.name}/{w.name}:0" for w in layer.weights]
+            group.attrs["weight_names"] = np.array([n.encode() for n in names])
+            for name, value in zip(names, layer.get_weights()):
+                group.create_dataset(name, data=value)
+
+
+def random_application(variant, **kwargs):
+    """A keras.applications model with random weights and random but plausible
+    BatchNorm statistics, so inference-mode BatchNorm is exercised."""
+    model = APPLICATIONS[variant](input_shape=(64, 64, 3), weights=None, **kwargs)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([gamma, rng.normal(0, 0.1, beta.shape),
+                               rng.normal(0, 0.1, mean.shape),
+                               rng.uniform(0.5, 1.5, var.shape)])
+    return model
+
+
+def model_cfg(init_from, *extra):
+    return config_lib.load(None, [f"model.init_from={init_from}", "data.image_size=64",
+                                  *extra])
+
+
+@pytest.mark.parametrize("variant, minimalistic, include_top", [
+    ("large", False, True), ("small", False, True), ("small", True, True),
+    ("large", True, False), ("small", False, False)])
+def test_published_layout_gives_keras_applications_outputs(tmp_path, variant, minimalistic,
+                                                           include_top):
+    kwargs = dict(minimalistic=minimalistic, include_top=include_top)
+    path = str(tmp_path / "published.h5")
+    save_published_layout(random_application(variant, **kwargs), path)
+    # Keras' own loader for published files reads it: the layout is theirs.
+    reference = APPLICATIONS[variant](input_shape=(64, 64, 3), weights=path, **kwargs)
+    cfg = model_cfg(path, f"model.variant={variant}", f"model.minimalistic={minimalistic}",
+                    f"model.include_top={include_top}", "model.pooling=none",
+                    "data.num_classes=1000")
+    start = pretrained.plan(cfg)
+    assert start.fresh == []
+    ours = build_from_config(cfg)
+    start.apply(ours)
+    images = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(ours(images, training=False).numpy(),
+                               reference(images, training=False).numpy(), atol=1e-4)
+
+
+def test_classifier_is_reinitialised_only_when_the_class_count_differs(tmp_path):
+    path = str(tmp_path / "published.h5")
+    source = random_application("small")
+    save_published_layout(source, path)
+    same = pretrained.plan(model_cfg(path, "data.num_classes=1000"))
+    assert same.fresh == [] and "logits" in same.weights
+    other = pretrained.plan(model_cfg(path, "data.num_classes=5"))
+    assert other.fresh == ["logits"] and "logits" not in other.weights
+    # Everything else still moves, the pretrained head_fc included.
+    assert set(same.weights) - set(other.weights) == {"logits"}
+    ours = build_from_config(model_cfg(path, "data.num_classes=5"))
+    before = ours.get_layer("logits").get_weights()
+    other.apply(ours)
+    for mine, start in zip(ours.get_layer("logits").get_weights(), before):
+        np.testing.assert_array_equal(mine, start)  # left at its initial values
+    np.testing.assert_array_equal(ours.get_layer("head_fc").get_weights()[0],
+                                  source.get_layer("conv_2").get_weights()[0])
+
+
+def test_imagenet_comes_from_the_keras_cache_and_is_recorded(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    cfg = model_cfg("imagenet", "data.num_classes=1000")
+    cached = os.path.join(published.cache_dir(), published.file_name(cfg.model, True))
+    assert cached.startswith(str(tmp_path))
+    assert os.path.basename(cached) == "weights_mobilenet_v3_small_224_1.0_float.h5"
+    os.makedirs(os.path.dirname(cached))
+    save_published_layout(random_application("small"), cached)
+    record = pretrained.plan(cfg).record()
+    with open(cached, "rb") as f:
+        assert record["sha256"] == hashlib.sha256(f.read()).hexdigest()
+    assert record["file"] == cached and record["layers_initialised"] == []
+
+
+def test_mismatched_weights_name_the_first_layer_that_differs(tmp_path):
+    path = str(tmp_path / "large.h5")
+    save_published_layout(random_application("large"), path)
+    with pytest.raises(UserError) as e:
+        pretrained.plan(model_cfg(path, "model.variant=small"))
+    message = str(e.value)
+    assert "\n" not in message and "model.variant" in message
+    # The Small stem feeds a 16-channel SE-block depthwise conv; Large's first
+    # block has no SE, so its 5th weighted layer is already another shape.
+    assert "where our" in message and "has weights" in message
+
+
+def test_each_bad_source_is_one_line_and_writes_nothing(tmp_path):
+    small = str(tmp_path / "small.h5")
+    save_published_layout(random_application("small"), small)
+    empty_home = str(tmp_path / "no-cache")
+    cases = [
+        (["model.init_from=" + str(tmp_path / "missing.h5")], {}, "not found"),
+        # alpha 0.35 has no published ImageNet weights
+        (["model.init_from=imagenet"], {}, "publishes no ImageNet weights"),
+        # Not cached, and no way to download it: a proxy that refuses at once.
+        (["model.init_from=imagenet", "model.alpha=1.0"],
+         {"KERAS_HOME": empty_home, "https_proxy": "http://127.0.0.1:9",
+          "HTTPS_PROXY": "http://127.0.0.1:9"},
+         "weights_mobilenet_v3_small_224_1.0_float.h5"),
+        (["model.init_from=" + small], {}, "where our"),  # alpha 1.0 weights, 0.35 model
+        (["train.freeze_backbone_epochs=1"], {}, "needs model.init_from"),
+    ]
+    for i, (extra, env, fragment) in enumerate(cases):
+        model_dir = tmp_path / f"run{i}"
+        args = ["train.py", "--config", "configs/quickstart.yaml", "--model_dir",
+                str(model_dir)]
+        for item in TINY + extra:
+            args += ["--set", item]
+        result = run_cli(*args, env=env)
+        assert_one_line_error(result, fragment)
+        assert not model_dir.exists(), extra
+    assert not os.path.exists(empty_home) or not os.listdir(os.path.join(empty_home, "models"))
+
+
+def backbone_and_head(path):
+    model = keras.saving.load_model(path, compile=False)
+    layers = [layer for layer in model.layers if layer.weights]
+    backbone = {layer.name: layer.get_weights() for layer in layers
+                if layer.name not in HEAD_LAYERS}
+    head = {layer.name: layer.get_weights() for layer in layers if layer.name in HEAD_LAYERS}
+    return backbone, head
+
+
+def assert_identical(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        for x, y in zip(a[name], b[name]):
+            assert np.array_equal(x, y), name
+
+
+def test_head_only_epoch_survives_kill_9_and_leaves_the_backbone_bit_identical(tmp_path):
+    source = tmp_path / "pretrained"
+    run(tiny_cfg("train.epochs=1"), str(source))
+    model_dir = tmp_path / "finetune"
+    extra = [f"model.init_from={source}", "train.epochs=1",
+             "train.freeze_backbone_epochs=1", "train.checkpoint_every_steps=4"]
+    proc = train_cli(model_dir, *extra)
+    checkpoints = model_dir / "checkpoints"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoints.exists() and any(f.endswith(".index") for f in os.listdir(checkpoints)):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stdout.read()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    first = proc.communicate()[0]
+    assert "starting from" in first and "only the head" in first
+    assert (model_dir / "init_from.json").exists()
+
+    # The source is gone: a resume must not need it, nor re-apply it.
+    moved = tmp_path / "moved"
+    source.rename(moved)
+    proc = train_cli(model_dir, *extra)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-2000:]
+    assert "resuming from" in out and "not applied again" in out
+    assert "starting from" not in out and "only the head" in out
+
+    start_backbone, start_head = backbone_and_head(str(moved / "best.keras"))
+    backbone, head = backbone_and_head(str(model_dir / "best.keras"))
+    assert_identical(backbone, start_backbone)  # weights and BatchNorm statistics
+    assert not np.array_equal(head["logits"][0], start_head["logits"][0])
+    assert not np.array_equal(head["head_fc"][0], start_head["head_fc"][0])
+
+    # One more epoch on the same run: now the whole network trains.
+    proc = train_cli(model_dir, *extra[:1], "train.epochs=2", *extra[2:])
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-2000:]
+    assert "the whole network trains" in out
+    after, _ = backbone_and_head(str(model_dir / "best.keras"))
+    assert not np.array_equal(after["stem_conv"][0], start_backbone["stem_conv"][0])
+
+
+def test_zero_epochs_keeps_the_starting_weights_as_the_model(tmp_path):
+    source = tmp_path / "pretrained"
+    run(tiny_cfg("train.epochs=1"), str(source))
+    model_dir = tmp_path / "as-is"
+    run(tiny_cfg(f"model.init_from={source / 'best.keras'}", "train.epochs=0"),
+        str(model_dir))
+    start_backbone, start_head = backbone_and_head(str(source / "best.keras"))
+    backbone, head = backbone_and_head(str(model_dir / "best.keras"))
+    assert_identical(backbone, start_backbone)
+    assert_identical(head, start_head)
+    assert (model_dir / "labels.txt").exists()
+
+
+def test_keras_weights_file_must_match_the_config_exactly(tmp_path):
+    cfg = tiny_cfg()
+    model = build_from_config(cfg)
+    path = str(tmp_path / "tiny.weights.h5")
+    model.save_weights(path)
+    start = pretrained.plan(tiny_cfg(f"model.init_from={path}"))
+    assert start.fresh == []
+    for layer in model.layers:
+        for saved, read in zip(layer.get_weights(), start.weights.get(layer.name, [])):
+            np.testing.assert_array_equal(saved, read)
+    assert len(start.weights) == sum(1 for layer in model.layers if layer.weights)
+    with pytest.raises(UserError, match="does not load into"):
+        pretrained.plan(tiny_cfg(f"model.init_from={path}", "model.alpha=0.5"))
+
+
+def test_backbone_lr_scale_scales_the_step_and_the_decay():
+    def one_step(weight_decay, grad):
+        cfg = TrainConfig(optimizer="adamw", schedule="constant", warmup_epochs=0,
+                          learning_rate=0.01, base_batch_size=64, batch_size=64,
+                          weight_decay=weight_decay, backbone_lr_scale=0.1)
+        optimizer = optim.make_optimizer(cfg, steps_per_epoch=10)
+        head, backbone = keras.Variable(np.ones(4), name="kernel"), \
+            keras.Variable(np.ones(4), name="kernel")
+        optimizer.build([head, backbone])
+        optimizer.scale_learning_rate([backbone], 0.1)
+        optimizer.apply_gradients([(np.full(4, grad), head), (np.full(4, grad), backbone)])
+        return 1 - head.numpy(), 1 - backbone.numpy()
+
+    # Adam's first step is about lr whatever the gradient's size: only a scaled
+    # rate, not a scaled gradient, makes the backbone move 10x less.
+    head_step, backbone_step = one_step(0.0, 0.5)
+    np.testing.assert_allclose(backbone_step, 0.1 * head_step, rtol=1e-4)
+    head_decay, backbone_decay = one_step(0.5, 0.0)  # decay alone
+    assert head_decay[0] > 0
+    np.testing.assert_allclose(backbone_decay, 0.1 * head_decay, rtol=1e-4)
+
+
+def test_frozen_phase_has_its_own_schedule_then_the_whole_network_warms_up():
+    cfg = TrainConfig(epochs=4, freeze_backbone_epochs=2, warmup_epochs=1,
+                      learning_rate=0.1, base_batch_size=64, batch_size=64)
+    lr = optim.make_schedule(cfg, steps_per_epoch=10)
+    values = [float(lr(step)) for step in range(40)]
+    assert values[10] == pytest.approx(0.1)  # end of the head's warm-up
+    assert values[19] < 0.01  # the head phase decays to about zero
+    assert values[20] < 0.02  # the whole network starts a warm-up of its own
+    assert values[30] == pytest.approx(0.1)
+    assert values[39] < 0.01
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["train.freeze_backbone_epochs=2"], "needs model.init_from"),
+    (["train.backbone_lr_scale=0.1"], "needs model.init_from"),
+    (["train.epochs=0"], "needs model.init_from"),
+    (["model.init_from=x", "train.epochs=2", "train.freeze_backbone_epochs=3"],
+     "more than train.epochs"),
+    (["model.init_from=imagenet", "model.alpha=0.5"], "it does for large alpha 0.75"),
+])
+def test_fine_tuning_config_errors(overrides, fragment):
+    with pytest.raises(config_lib.ConfigError, match=fragment):
+        config_lib.load(None, overrides)
