@@ -88,6 +88,11 @@ class DataConfig:
         None, "Evaluation data in the same form; when unset, `val_fraction` of train "
         "is held out.")
     image_size: int = _field(224, "Square input resolution in pixels.", min=32, max=1024)
+    classes: Optional[str] = _field(
+        None, "A fixed class list: `imagenet` (ImageNet-1k: folders named by WordNet id "
+        "like n01440764, labels in ImageNet's order, English names in labels.txt) or "
+        "a text file with one class per line. Folders may hold any subset; for "
+        "TFRecords and TFDS it only names the labels. null: the data's own classes.")
     num_classes: int = _field(10, "Number of classes; must match the data.", min=2,
                               max=100_000)
     val_fraction: float = _field(
@@ -373,6 +378,11 @@ def _check_consistency(cfg: Config):
         raise ConfigError(f"data.crop_scale: the high end is at most 1, got {cfg.data.crop_scale[1]}")
     if cfg.data.source in ("folder", "tfrecord") and not cfg.data.train_dir:
         raise ConfigError(f"data.train_dir: needed for data.source: {cfg.data.source}")
+    if cfg.data.classes and cfg.data.source == "synthetic":
+        raise ConfigError("data.classes: not for data.source: synthetic (its classes are fixed)")
+    if cfg.data.classes == "imagenet" and cfg.data.num_classes != 1000:
+        raise ConfigError(f"data.classes: imagenet has 1000 classes, but data.num_classes "
+                          f"is {cfg.data.num_classes}")
     if cfg.data.source == "tfds" and not cfg.data.tfds_name:
         raise ConfigError("data.tfds_name: needed for data.source: tfds")
     if cfg.runtime.strategy == "multi_worker_mirrored" and cfg.runtime.seed is None:

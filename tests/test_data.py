@@ -352,3 +352,44 @@ def test_tfrecord_reconversion_and_wrong_counts(tmp_path):
     assert tfrecord.record_count(str(out), "train-*", shards[1:]) < 11
     (out / "counts.json").write_text("{not json")
     assert tfrecord.record_count(str(out), "train-*", shards[1:]) < 11
+
+
+def test_fixed_class_list_labels_folders_by_their_place_in_it(tmp_path):
+    # Two ImageNet classes out of order on disk: labels are ImageNet's, names English.
+    root = make_folder(tmp_path / "in", classes=("n01443537", "n01440764"), per_class=4)
+    pipeline = make_pipeline(folder_cfg(root, "data.classes=imagenet", num_classes=1000))
+    assert len(pipeline.class_names) == 1000
+    assert pipeline.class_names[:2] == ["tench", "goldfish"]
+    seen = set()
+    for _, labels in pipeline.train(0).concatenate(pipeline.eval()):
+        seen |= set(np.argmax(labels.numpy(), axis=1).tolist())
+    assert seen == {0, 1}
+    # A text file: its order, not the folders' sorted order.
+    listing = tmp_path / "classes.txt"
+    listing.write_text("n01443537\nn01440764\nunused\n")
+    from mnv3.data import classes
+    from mnv3.data.folder import list_images
+
+    listed = list_images(str(root), classes=classes.load(str(listing), 3))
+    assert listed.class_names == ["n01443537", "n01440764", "unused"]
+    for path, label in zip(listed.paths, listed.labels):
+        assert label == (0 if "n01443537" in path else 1)
+    (root / "stray").mkdir()
+    (root / "stray" / "0.png").write_bytes(tf.io.encode_png(random_rgb(np.random.default_rng(0))).numpy())
+    with pytest.raises(UserError, match="stray: not a class of data.classes"):
+        make_pipeline(folder_cfg(root, "data.classes=imagenet", num_classes=1000))
+
+
+def test_fixed_class_list_only_names_tfds_labels():
+    import tensorflow_datasets as tfds
+
+    cfg = config_lib.load(None, ["data.source=tfds", "data.tfds_name=imagenet2012",
+                                 "data.num_classes=1000", "data.classes=imagenet",
+                                 "data.image_size=32", "train.batch_size=2",
+                                 "data.eval_split=validation"])
+    with tfds.testing.mock_data(num_examples=4):
+        assert make_pipeline(cfg).class_names[:3] == ["tench", "goldfish",
+                                                      "great white shark"]
+    with pytest.raises(config_lib.ConfigError, match="imagenet has 1000 classes"):
+        config_lib.load(None, ["data.classes=imagenet", "data.source=folder",
+                               "data.train_dir=x"])

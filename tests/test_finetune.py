@@ -289,3 +289,36 @@ def test_frozen_phase_has_its_own_schedule_then_the_whole_network_warms_up():
 def test_fine_tuning_config_errors(overrides, fragment):
     with pytest.raises(config_lib.ConfigError, match=fragment):
         config_lib.load(None, overrides)
+
+
+def test_published_imagenet_model_exports_with_imagenet_labels(tmp_path):
+    """The README's two commands for the published ImageNet model, with a file of
+    the published layout in the Keras cache (no network here)."""
+    from tests.test_data import make_folder
+
+    home = tmp_path / "keras"
+    cfg = config_lib.load("configs/imagenet_published.yaml")
+    cached = home / "models" / published.file_name(cfg.model, True)
+    cached.parent.mkdir(parents=True)
+    save_published_layout(random_application("small"), str(cached))
+    images = make_folder(tmp_path / "images", classes=("n01440764", "n02102040"),
+                         per_class=6)
+    model_dir = tmp_path / "imagenet_small"
+    env = {"KERAS_HOME": str(home)}
+    result = run_cli("train.py", "--config", "configs/imagenet_published.yaml",
+                     "--model_dir", str(model_dir), "--set", f"data.train_dir={images}",
+                     "--set", "data.image_size=64", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    labels = (model_dir / "labels.txt").read_text().split("\n")
+    assert len(labels) == 1001 and labels[:2] == ["tench", "goldfish"]
+    assert labels[217] == "English springer"
+    assert os.path.exists(model_dir / "init_from.json")
+    result = run_cli("export_tflite.py", "--model_dir", str(model_dir), "--quant",
+                     "float32", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    from mnv3.export.metadata import associated_files
+
+    (tflite,) = [f for f in os.listdir(model_dir / "export") if f.endswith(".tflite")]
+    data = (model_dir / "export" / tflite).read_bytes()
+    assert associated_files(data)["labels.txt"].decode().split("\n")[:2] == \
+        ["tench", "goldfish"]

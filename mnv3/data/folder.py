@@ -1,6 +1,6 @@
 """Class-per-folder image datasets (the layout of Keras' image_dataset_from_directory
 and TFDS ImageFolder): `root/<class name>/<image>`; class names are the sorted
-folder names.
+folder names, or a fixed list (data.classes) that the folders are named from.
 
 Files are checked cheaply before training (signature and end-of-file marker, a
 few bytes each) so that zero-byte, truncated and non-image files are skipped
@@ -112,9 +112,14 @@ def _real_file(path: str):
         return None  # a dangling link: _problem() reports it
 
 
-def list_images(root: str, strict: bool = False) -> FileList:
+def list_images(root: str, strict: bool = False,
+                classes: tuple[list[str], list[str]] | None = None) -> FileList:
     """All images under root/<class>/, checked; errors in use raise UserError.
-    Each real file is listed once, whatever links lead to it."""
+    Each real file is listed once, whatever links lead to it.
+
+    `classes`: (folder names in label order, their display names), when labels
+    follow a fixed list such as ImageNet's; the folders may be any subset of it.
+    Otherwise the sorted folder names are the classes."""
     from mnv3.run_dir import check_class_name
 
     if not os.path.exists(root):
@@ -125,14 +130,24 @@ def list_images(root: str, strict: bool = False) -> FileList:
         entries = os.listdir(root)
     except OSError as e:
         raise UserError(f"{root}: cannot be read ({e.strerror or e})") from None
-    class_names = sorted(d for d in entries
-                         if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
-    if not class_names:
+    folders = sorted(d for d in entries
+                     if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    if not folders:
         raise UserError(f"{root}: no class sub-folders (expected {root}/<class>/<image>)")
-    for name in class_names:
-        check_class_name(name, os.path.join(root, name))
+    if classes is None:
+        for name in folders:
+            check_class_name(name, os.path.join(root, name))
+        class_names, label_of = folders, {name: i for i, name in enumerate(folders)}
+    else:
+        ids, class_names = classes
+        label_of = {name: i for i, name in enumerate(ids)}
+        unknown = [name for name in folders if name not in label_of]
+        if unknown:
+            raise UserError(f"{os.path.join(root, unknown[0])}: not a class of data.classes "
+                            f"(expected folders named like {ids[0]})")
     paths, labels, skipped, listed = [], [], [], {}
-    for label, name in enumerate(class_names):
+    for name in folders:
+        label = label_of[name]
         class_dir = os.path.join(root, name)
         count = 0
         for path in _walk_files(class_dir):
@@ -160,9 +175,9 @@ def list_images(root: str, strict: bool = False) -> FileList:
     kept = [(p, y) for p, y, ok in zip(paths, labels, readable) if ok]
     if not kept:
         raise UserError(f"{root}: none of the {len(paths)} image files can be read")
-    missing = sorted(set(range(len(class_names))) - {y for _, y in kept})
+    missing = sorted(set(label_of[name] for name in folders) - {y for _, y in kept})
     if missing:
-        raise UserError(f"{os.path.join(root, class_names[missing[0]])}: "
-                        "class folder has no readable images")
+        folder = next(name for name in folders if label_of[name] == missing[0])
+        raise UserError(f"{os.path.join(root, folder)}: class folder has no readable images")
     paths, labels = (list(t) for t in zip(*kept))
     return FileList(paths, labels, class_names)

@@ -79,13 +79,16 @@ def _synthetic(cfg: DataConfig, seed: int) -> Source:
 
 
 def _folder(cfg: DataConfig) -> Source:
+    from mnv3.data import classes
     from mnv3.data.folder import list_images
 
-    train = list_images(cfg.train_dir, cfg.strict)
+    fixed = classes.load(cfg.classes, cfg.num_classes)
+    train = list_images(cfg.train_dir, cfg.strict, fixed)
     _check_classes(len(train.class_names), cfg, cfg.train_dir)
     if cfg.eval_dir:
-        evaluation = list_images(cfg.eval_dir, cfg.strict)
-        if evaluation.class_names != train.class_names:
+        evaluation = list_images(cfg.eval_dir, cfg.strict, fixed)
+        # With a fixed list, each folder's label is its place in the list.
+        if not fixed and evaluation.class_names != train.class_names:
             raise UserError(f"{cfg.eval_dir}: class folders differ from {cfg.train_dir}'s")
         return Source(_file_split(train.paths, train.labels),
                       _file_split(evaluation.paths, evaluation.labels), train.class_names)
@@ -104,7 +107,7 @@ def _tfrecord(cfg: DataConfig) -> Source:
         files = tfrecord.shard_files(directory, pattern)
         return files, tfrecord.record_count(directory, pattern, files)
 
-    names = tfrecord.class_names(cfg.train_dir, cfg.num_classes)
+    names = _named(cfg, tfrecord.class_names(cfg.train_dir, cfg.num_classes))
     train_files, train_size = split(cfg.train_dir, cfg.train_pattern)
     read = lambda files: (lambda seed: tfrecord.read(files, cfg.label_offset, seed))
     if cfg.eval_dir:
@@ -140,7 +143,15 @@ def _tfds(cfg: DataConfig) -> Source:
     def split(name):
         return Split(lambda seed: tfds_source.read(builder, name, seed),
                      tfds_source.split_size(builder, name))
-    return Source(split(train_split), split(eval_split), list(label.names))
+    return Source(split(train_split), split(eval_split), _named(cfg, list(label.names)))
+
+
+def _named(cfg: DataConfig, names: list[str]) -> list[str]:
+    """Stored labels are already numbers: data.classes only names them."""
+    from mnv3.data import classes
+
+    fixed = classes.load(cfg.classes, cfg.num_classes)
+    return fixed[1] if fixed else names
 
 
 def load_source(cfg: DataConfig, seed: int = 0) -> Source:

@@ -29,7 +29,7 @@ def run(cfg: Config, model_dir: str) -> dict | None:
     strategy = make_strategy(cfg.runtime.strategy, cfg.runtime.tpu)
     pipeline = make_pipeline(cfg)  # bad data fails here, before model_dir is touched
     training = cfg.train.mode != "eval"
-    if training:
+    if training and cfg.train.epochs:
         pipeline.steps_per_epoch()  # a training set smaller than one batch fails here
     start = None
     if training and cfg.model.init_from and \

@@ -56,7 +56,8 @@ class Trainer:
         self.cfg, self.run_dir, self.strategy, self.pipeline = cfg, run_dir, strategy, pipeline
         self.start = start
         self.chief = is_chief(strategy)
-        self.steps_per_epoch = pipeline.steps_per_epoch()
+        # train.epochs 0 takes no step, so even a set smaller than a batch will do.
+        self.steps_per_epoch = pipeline.steps_per_epoch() if cfg.train.epochs else 1
         self.global_batch = cfg.train.batch_size
         with strategy.scope():
             self.model = build_from_config(cfg)
