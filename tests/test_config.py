@@ -85,7 +85,7 @@ def test_overrides_are_typed_and_validated(write_yaml):
                           ("model.alpah=1", "did you mean 'alpha'"),
                           ("modle.alpha=1", "did you mean 'model'"),
                           ("alpha=1", "section.key"), ("model.alpha", "KEY=VALUE"),
-                          ("train.epochs=0", "--set train.epochs: must be >= 1")]:
+                          ("train.epochs=-1", "--set train.epochs: must be >= 0")]:
         with pytest.raises(ConfigError, match=fragment.replace("[", r"\[")):
             config_lib.load(path, [bad])
 

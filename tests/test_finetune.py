@@ -220,7 +220,8 @@ def test_zero_epochs_keeps_the_starting_weights_as_the_model(tmp_path):
     source = tmp_path / "pretrained"
     run(tiny_cfg("train.epochs=1"), str(source))
     model_dir = tmp_path / "as-is"
-    run(tiny_cfg(f"model.init_from={source / 'best.keras'}", "train.epochs=0"),
+    run(tiny_cfg(f"model.init_from={source / 'best.keras'}", "train.epochs=0",
+             "train.ema_decay=0.9"),
         str(model_dir))
     start_backbone, start_head = backbone_and_head(str(source / "best.keras"))
     backbone, head = backbone_and_head(str(model_dir / "best.keras"))

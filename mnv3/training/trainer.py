@@ -352,6 +352,7 @@ class Trainer:
 
     def _keep_starting_model(self) -> None:
         """train.epochs 0: the starting weights, evaluated, become the run's model."""
+        self.ema = None  # no step taken: the weight averages hold nothing yet
         record = {"epoch": 0, "step": 0}
         if self.cfg.train.mode == "train_and_eval":
             record.update({f"eval_{k}": v for k, v in self.evaluate().items()})
