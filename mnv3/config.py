@@ -219,7 +219,7 @@ class ExportConfig:
         "float32", "`int8` mode output type.")
     calibration_steps: int = _field(
         1024, "int8 calibration steps, one training image each (eval preprocessing); "
-        "256 lost 0.95 points on a 224 px Large model, 1024 none (BENCHMARKS.md).", min=1,
+        "BENCHMARKS.md measures what fewer cost.", min=1,
         max=1_000_000)
     calibration_percentile: float = _field(
         99.99, "int8 activation ranges cover this percentile of the calibration values "
@@ -245,7 +245,7 @@ class RuntimeConfig:
     mixed_precision: Optional[Literal["mixed_float16", "mixed_bfloat16"]] = _field(
         None, "Keras mixed-precision policy; null: float32 (best on CPU).")
     jit_compile: bool = _field(
-        False, "XLA-compile the train step (GPU/TPU; 3-6x slower on CPU here).")
+        False, "XLA-compile the train step (for GPU/TPU; it makes CPU training slower).")
 
 
 @dataclass
