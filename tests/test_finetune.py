@@ -4,6 +4,7 @@ the backbone's own learning rate."""
 
 import hashlib
 import os
+import shutil
 import signal
 import time
 
@@ -173,9 +174,18 @@ def assert_identical(a, b):
             assert np.array_equal(x, y), name
 
 
-def test_head_only_epoch_survives_kill_9_and_leaves_the_backbone_bit_identical(tmp_path):
-    source = tmp_path / "pretrained"
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory):
+    """A tiny trained run to start from (shared: each test copies what it moves)."""
+    source = tmp_path_factory.mktemp("pretrained") / "run"
     run(tiny_cfg("train.epochs=1"), str(source))
+    return source
+
+
+def test_head_only_epoch_survives_kill_9_and_leaves_the_backbone_bit_identical(
+        tmp_path, pretrained_run):
+    source = tmp_path / "pretrained"
+    shutil.copytree(pretrained_run, source)
     model_dir = tmp_path / "finetune"
     extra = [f"model.init_from={source}", "train.epochs=1",
              "train.freeze_backbone_epochs=1", "train.checkpoint_every_steps=4"]
@@ -207,8 +217,9 @@ def test_head_only_epoch_survives_kill_9_and_leaves_the_backbone_bit_identical(t
     assert not np.array_equal(head["logits"][0], start_head["logits"][0])
     assert not np.array_equal(head["head_fc"][0], start_head["head_fc"][0])
 
-    # One more epoch on the same run: now the whole network trains.
-    proc = train_cli(model_dir, *extra[:1], "train.epochs=2", *extra[2:])
+    # One more epoch on the same run: now the whole network trains. (Mode
+    # `train` saves best.keras every epoch, whatever the eval accuracy.)
+    proc = train_cli(model_dir, *extra[:1], "train.epochs=2", *extra[2:], "train.mode=train")
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out[-2000:]
     assert "the whole network trains" in out
@@ -216,9 +227,8 @@ def test_head_only_epoch_survives_kill_9_and_leaves_the_backbone_bit_identical(t
     assert not np.array_equal(after["stem_conv"][0], start_backbone["stem_conv"][0])
 
 
-def test_zero_epochs_keeps_the_starting_weights_as_the_model(tmp_path):
-    source = tmp_path / "pretrained"
-    run(tiny_cfg("train.epochs=1"), str(source))
+def test_zero_epochs_keeps_the_starting_weights_as_the_model(tmp_path, pretrained_run):
+    source = pretrained_run
     model_dir = tmp_path / "as-is"
     run(tiny_cfg(f"model.init_from={source / 'best.keras'}", "train.epochs=0",
              "train.ema_decay=0.9"),
