@@ -327,9 +327,10 @@ def test_published_imagenet_model_exports_with_imagenet_labels(tmp_path):
     result = run_cli("export_tflite.py", "--model_dir", str(model_dir), "--quant",
                      "float32", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    from mnv3.export.metadata import associated_files
+    from mnv3.export.metadata import associated_files, read_metadata
 
     (tflite,) = [f for f in os.listdir(model_dir / "export") if f.endswith(".tflite")]
     data = (model_dir / "export" / tflite).read_bytes()
     assert associated_files(data)["labels.txt"].decode().split("\n")[:2] == \
         ["tench", "goldfish"]
+    assert "the imagenet weights as they are" in read_metadata(data).description.decode()

@@ -110,8 +110,11 @@ def _export(cfg: Config, trained, labels: list[str], run_dir, out_dir: str) -> d
     keras_pred = np.argmax(keras_scores, axis=-1)
 
     name = f"{trained.name}_{cfg.data.image_size}"
+    # train.epochs 0: the starting weights as they are, not a model trained here.
+    origin = (f"the {cfg.model.init_from} weights as they are, exported with mnv3"
+              if cfg.train.epochs == 0 else "trained with mnv3")
     description = (f"MobileNetV3-{cfg.model.variant.capitalize()} (alpha {cfg.model.alpha}) "
-                   f"image classifier, {len(labels)} classes, trained with mnv3.")
+                   f"image classifier, {len(labels)} classes, {origin}.")
     rows = [{"mode": "keras", "file": os.path.basename(run_dir.best_model),
              "size_mb": round(os.path.getsize(run_dir.best_model) / 2**20, 2),
              "top1": float(np.mean(keras_pred == targets)), "agreement": 1.0,
