@@ -14,16 +14,16 @@ PUBLISHED = (("large", 0.75, False), ("large", 1.0, False), ("large", 1.0, True)
 BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/"
 
 
-def _describe(variant: str, alpha: float, minimalistic: bool) -> str:
+def describe(variant: str, alpha: float, minimalistic: bool) -> str:
     return f"{variant} alpha {alpha:g}{' minimalistic' if minimalistic else ''}"
 
 
 def check_published(model_cfg) -> None:
     key = (model_cfg.variant, model_cfg.alpha, model_cfg.minimalistic)
     if key not in PUBLISHED:
-        known = ", ".join(_describe(*k) for k in PUBLISHED)
+        known = ", ".join(describe(*k) for k in PUBLISHED)
         raise UserError(f"model.init_from: Keras publishes no ImageNet weights for "
-                        f"{_describe(*key)}; it does for {known}")
+                        f"{describe(*key)}; it does for {known}")
 
 
 def file_name(model_cfg, include_top: bool) -> str:

@@ -175,9 +175,9 @@ def list_images(root: str, strict: bool = False,
     kept = [(p, y) for p, y, ok in zip(paths, labels, readable) if ok]
     if not kept:
         raise UserError(f"{root}: none of the {len(paths)} image files can be read")
-    missing = sorted(set(label_of[name] for name in folders) - {y for _, y in kept})
-    if missing:
-        folder = next(name for name in folders if label_of[name] == missing[0])
-        raise UserError(f"{os.path.join(root, folder)}: class folder has no readable images")
+    found = {y for _, y in kept}
+    empty = [name for name in folders if label_of[name] not in found]
+    if empty:
+        raise UserError(f"{os.path.join(root, empty[0])}: class folder has no readable images")
     paths, labels = (list(t) for t in zip(*kept))
     return FileList(paths, labels, class_names)

@@ -6,19 +6,18 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import zipfile
 
 import numpy as np
 
 from mnv3.config import Config
-from mnv3.errors import UserError, first_line
+from mnv3.errors import UserError
 from mnv3.export.report import format_table
 from mnv3.files import (make_staging_dir, publish_directory, recover_directory,
                         write_atomically)
 
 
 def _load_trained(run_dir, cfg: Config):
-    import keras
+    from mnv3.model.saved import load_keras_file
 
     if not os.path.isdir(run_dir.path):
         raise UserError(f"{run_dir.path}: model_dir not found")
@@ -29,12 +28,7 @@ def _load_trained(run_dir, cfg: Config):
         raise UserError(f"{run_dir.labels}: missing (written by train.py)")
     damaged = (f"{run_dir.best_model}: damaged or not a Keras model file; rerun train.py "
                "on the run to rewrite it from its checkpoints")
-    if not zipfile.is_zipfile(run_dir.best_model):  # a .keras file is a zip archive
-        raise UserError(damaged)
-    try:
-        model = keras.saving.load_model(run_dir.best_model, compile=False)
-    except Exception as e:  # corrupt or foreign files raise many types
-        raise UserError(f"{damaged} ({first_line(e)})") from None
+    model = load_keras_file(run_dir.best_model, damaged)
     for weight in model.weights:
         if not np.all(np.isfinite(weight.numpy())):
             raise UserError(f"{run_dir.best_model}: non-finite values in {weight.path}; "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 from mnv3 import published
 from mnv3.errors import UserError, first_line
 from mnv3.model.builder import CLASSIFIER, HEAD_LAYERS, build_from_config
+from mnv3.model.saved import load_keras_file
 
 RUN_MODEL = "best.keras"  # what a run directory offers as its model
 
@@ -61,11 +61,13 @@ def plan(cfg) -> Start:
     """Reads `cfg.model.init_from` and matches it to the model `cfg` builds.
     Raises UserError (one line) for a missing, unreadable or mismatched source."""
     target = build_from_config(cfg, image_size=None)
-    source = read(cfg.model.init_from, cfg)
+    source = read(cfg.model.init_from, cfg, target)
     return match(target, source, cfg.model)
 
 
-def read(spec: str, cfg) -> Source:
+def read(spec: str, cfg, target) -> Source:
+    """The weights `spec` names. `target`, the model `cfg` builds, is only loaded
+    into for a .weights.h5 file, which carries no architecture of its own."""
     if spec == "imagenet":
         path = _published_file(cfg.model)
         return Source(spec, path, _sha256(path), _read_legacy_h5(path))
@@ -81,7 +83,7 @@ def read(spec: str, cfg) -> Source:
     if path.endswith(".keras"):
         layers = _read_keras_model(path)
     elif path.endswith(".weights.h5"):
-        layers = _read_keras_weights(path, cfg)
+        layers = _read_keras_weights(path, cfg, target)
     elif path.endswith((".h5", ".hdf5")):
         layers = _read_legacy_h5(path)
     else:
@@ -181,22 +183,13 @@ def _attr_list(group, key: str) -> list[str] | None:
 
 
 def _read_keras_model(path: str) -> list:
-    import keras
-
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"model.init_from: {path}: damaged or not a .keras file")
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as e:  # a damaged archive raises many types
-        raise UserError(f"model.init_from: {path}: cannot be loaded "
-                        f"({first_line(e)})") from None
-    return _layers_of(model)
+    return _layers_of(load_keras_file(
+        path, f"model.init_from: {path}: damaged or not a .keras file"))
 
 
-def _read_keras_weights(path: str, cfg) -> list:
+def _read_keras_weights(path: str, cfg, model) -> list:
     """Keras 3 weight files carry no architecture: they load into the model this
     config builds, or not at all."""
-    model = build_from_config(cfg, image_size=None)
     try:
         with warnings.catch_warnings():
             # Keras warns, and carries on, when it leaves a layer unloaded.
@@ -228,8 +221,8 @@ def _shapes(shapes) -> str:
 
 
 def _describe(model_cfg) -> str:
-    return (f"MobileNetV3-{model_cfg.variant.capitalize()} alpha {model_cfg.alpha:g}"
-            f"{' minimalistic' if model_cfg.minimalistic else ''}")
+    return "MobileNetV3-" + published.describe(model_cfg.variant, model_cfg.alpha,
+                                               model_cfg.minimalistic)
 
 
 def _sha256(path: str) -> str:
