@@ -8,16 +8,12 @@ input should run several times faster, so it never bounds training.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mnv3 import config as config_lib  # noqa: E402
-from mnv3.cli import exit_on_user_error  # noqa: E402
+from mnv3 import config as config_lib
+from mnv3 import cli
 
 
 def measure(cfg, batches: int, warmup: int) -> dict:
@@ -38,20 +34,23 @@ def measure(cfg, batches: int, warmup: int) -> dict:
             "train_crop": cfg.data.train_crop, "cpu_count": os.cpu_count()}
 
 
-def main(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv) -> int:
+    parser = cli.parser(__doc__)
     parser.add_argument("--config", help="YAML config (defaults when omitted)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
-    cfg = config_lib.load(args.config, args.set)
-    result = measure(cfg, args.batches, args.warmup)
-    print(json.dumps(result) if args.json else
-          f"{result['images_per_sec']} images/s ({result['images']} images in "
-          f"{result['seconds']} s)")
+
+    def go():
+        args = parser.parse_args(argv)
+        cfg = config_lib.load(args.config, args.set)
+        result = measure(cfg, args.batches, args.warmup)
+        print(json.dumps(result) if args.json else
+              f"{result['images_per_sec']} images/s ({result['images']} images in "
+              f"{result['seconds']} s)")
+    return cli.run_command(go)
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main, sys.argv[1:])
+    cli.main(main)

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _keras_applications_tflite(variant: str, size: int, calibration, int8: bool) -> bytes:
@@ -44,16 +41,18 @@ def _keras_applications_tflite(variant: str, size: int, calibration, int8: bool)
 
 def _our_tflite(variant: str, size: int, calibration, int8: bool) -> bytes:
     from mnv3 import config as config_lib
+    from mnv3.export import modes
     from mnv3.export.convert import convert
     from mnv3.export.graph import export_graph, scale_input
     from mnv3.model import build_from_config
 
     cfg = config_lib.load(None, [f"model.variant={variant}", f"data.image_size={size}",
                                  "data.num_classes=1000"])
-    graph = export_graph(build_from_config(cfg), cfg, for_int8=int8)
+    mode = modes.get("int8" if int8 else "float32")
+    graph = export_graph(build_from_config(cfg), cfg, mode)
     if not int8:
-        return convert(graph, "float32")
-    return convert(graph, "int8", [scale_input(x)[None] for x in calibration],
+        return convert(graph, mode)
+    return convert(graph, mode, [scale_input(x)[None] for x in calibration],
                    percentile=cfg.export.calibration_percentile)
 
 

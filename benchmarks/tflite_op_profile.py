@@ -15,20 +15,18 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import statistics
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _single_op_models(tflite: bytes):
     """One model per op of `tflite`, in graph order (the file is parsed once)."""
     import numpy as np
-    from tensorflow.lite.tools import flatbuffer_utils
 
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite))
+    from mnv3 import tf_internals
+
+    model = tf_internals.read_tflite(tflite)
     model.signatureDefs = []
     graph = model.subgraphs[0]
     weights = {i for i, t in enumerate(graph.tensors) if model.buffers[t.buffer].data is not None
@@ -37,18 +35,20 @@ def _single_op_models(tflite: bytes):
         graph.operators = [op]
         graph.inputs = np.array([i for i in op.inputs if i >= 0 and i not in weights], np.int32)
         graph.outputs = np.array(op.outputs, np.int32)
-        yield bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+        yield tf_internals.write_tflite(model)
 
 
 def profile(tflite: bytes, runs: int) -> list[dict]:
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+    from mnv3.tf_internals import interpreter_ops
+
     # Without the delegate, its node does not join the list of ops.
     whole = Interpreter(model_content=tflite,
                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     rows = []
-    ops = whole._get_ops_details()  # pylint: disable=protected-access
+    ops = interpreter_ops(whole)
     for index, (op, single) in enumerate(zip(ops, _single_op_models(tflite), strict=True)):
         runner = Interpreter(model_content=single, num_threads=1)
         runner.allocate_tensors()
@@ -71,7 +71,7 @@ def profile(tflite: bytes, runs: int) -> list[dict]:
                      "output_shape": [int(x) for x in output["shape"]],
                      "dtype": output["dtype"].__name__,
                      "delegated": any(o["op_name"] == "DELEGATE"
-                                      for o in runner._get_ops_details()),  # pylint: disable=protected-access
+                                      for o in interpreter_ops(runner)),
                      "ms": round(statistics.median(times) * 1e3, 4)})
     return rows
 

@@ -16,8 +16,6 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def _batches(image_size: int, batch_size: int, classes: int):
     import numpy as np
@@ -46,30 +44,35 @@ def time_keras_fit(variant, image_size, batch_size, steps, warmup, classes=10) -
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def time_ours(variant, image_size, batch_size, steps, warmup, classes=10) -> float:
+def time_ours(variant, image_size, batch_size, steps, warmup, classes=10,
+              steps_per_execution=1) -> float:
     import tensorflow as tf
 
     from mnv3 import config as config_lib
     from mnv3.data.pipeline import Pipeline
     from mnv3.data.sources import Source, Split
-    from mnv3.training.run_dir import RunDir
+    from mnv3.run_dir import RunDir
     from mnv3.training.trainer import Trainer
 
     cfg = config_lib.load(None, [f"model.variant={variant}", f"data.image_size={image_size}",
-                                 f"data.num_classes={classes}", f"train.batch_size={batch_size}"])
+                                 f"data.num_classes={classes}", f"train.batch_size={batch_size}",
+                                 f"train.steps_per_execution={steps_per_execution}"])
     data = _batches(image_size, batch_size, classes)
     split = Split(lambda seed: data, batch_size * steps)
     pipeline = Pipeline(Source(split, split, [str(i) for i in range(classes)]), cfg)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, RunDir(tmp), tf.distribute.get_strategy(), pipeline)
         iterator = iter(trainer.distribute(data))
+        per_call = tf.constant(cfg.train.steps_per_execution)
         for _ in range(warmup):
-            trainer.train_step(next(iterator))["loss"].numpy()
+            trainer.train_steps(iterator, per_call)[1].numpy()
         start = time.perf_counter()
-        for _ in range(steps):
-            out = trainer.train_step(next(iterator))
-        out["loss"].numpy()
-        return steps * batch_size / (time.perf_counter() - start)
+        calls = max(steps // cfg.train.steps_per_execution, 1)
+        for _ in range(calls):
+            taken = trainer.train_steps(iterator, per_call)[1]
+        taken.numpy()
+        seconds = time.perf_counter() - start
+        return calls * cfg.train.steps_per_execution * batch_size / seconds
 
 
 def main(argv):
@@ -79,13 +82,15 @@ def main(argv):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps_per_execution", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     common = (args.variant, args.image_size, args.batch_size, args.steps, args.warmup)
     keras_ips = time_keras_fit(*common)
-    ours_ips = time_ours(*common)
+    ours_ips = time_ours(*common, steps_per_execution=args.steps_per_execution)
     result = {"variant": args.variant, "image_size": args.image_size,
               "batch_size": args.batch_size, "steps": args.steps,
+              "steps_per_execution": args.steps_per_execution,
               "keras_applications_fit_images_per_sec": round(keras_ips, 1),
               "ours_images_per_sec": round(ours_ips, 1),
               "ours_over_keras": round(ours_ips / keras_ips, 3),

@@ -1,40 +1,151 @@
-"""Shared plumbing for the command-line entry points: every way a user can get
-the input wrong ends in one `error: ...` line on stderr and exit status 2."""
+"""The command-line entry points (`mnv3-train`, `mnv3-export`, `mnv3-predict`,
+and the scripts train.py / export_tflite.py / predict.py that call the same
+functions), and their shared
+plumbing: every way a user can get the input wrong ends in one `error: ...`
+line on stderr and exit status 2.
+
+Each command is `main(argv) -> exit status`, so tests can run it in-process.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
-
-from absl import app, flags
+from typing import Callable, Sequence
 
 from mnv3.errors import UserError
 
 
-def _fail(message: str):
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is our one line (argparse prints the usage
+    block first, and its last line then names the program, not the mistake)."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """A parser whose description is the first paragraph of a module docstring."""
+    return _Parser(description=doc.strip().split("\n\n")[0],
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_config_flags(p: argparse.ArgumentParser, config_help: str,
+                     set_example: str = "train.epochs=5", required: bool = False) -> None:
+    p.add_argument("--config", required=required, help=config_help)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a config key, e.g. --set {set_example} (repeatable)")
+
+
+def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    return 2
 
 
-def parse_flags(argv):
-    """absl's parser, but a usage error (missing or unknown flag) exits 2, not 1."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(f"{' '.join(str(e).split())} (see --help)")
+def main(command: Callable[[Sequence[str] | None], int]) -> None:
+    """Runs a command as a script: its return value is the exit status."""
+    sys.exit(command(sys.argv[1:]))
 
 
-def exit_on_user_error(fn, *args, **kwargs):
+def run_command(fn: Callable[[], object]) -> int:
     """Runs fn; bad input becomes one line on stderr and exit status 2."""
     try:
-        return fn(*args, **kwargs)
+        fn()
     except UserError as e:
-        _fail(str(e))
+        return _fail(str(e))
     except OSError as e:
         if e.filename is None:  # not about a path: a real fault, keep the trace
             raise
-        _fail(f"{e.filename}: {e.strerror or e}")
+        return _fail(f"{e.filename}: {e.strerror or e}")
+    return 0
 
 
-def main(fn):
-    """Runs `fn(argv)` as a command: absl flags, user errors as one line."""
-    app.run(lambda argv: exit_on_user_error(fn, argv), flags_parser=parse_flags)
+def _quiet_tensorflow() -> None:
+    # TensorFlow's own INFO lines (checkpoint sharding, ...) drown our progress.
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)
+
+
+def train(argv: Sequence[str] | None = None) -> int:
+    """Train a MobileNetV3 classifier.
+
+    mnv3-train --config configs/quickstart.yaml --model_dir runs/quickstart
+    """
+    p = parser(train.__doc__)
+    add_config_flags(p, "YAML experiment config (see configs/)", required=True)
+    p.add_argument("--model_dir", required=True, help="where checkpoints, best.keras, "
+                   "logs and the resolved config go; rerun the same command to resume")
+
+    def go():
+        from mnv3 import config as config_lib
+
+        args = p.parse_args(argv)
+        cfg = config_lib.load(args.config, args.set)
+        _quiet_tensorflow()
+        from mnv3.training import run
+
+        run(cfg, args.model_dir)
+    return run_command(go)
+
+
+def export(argv: Sequence[str] | None = None) -> int:
+    """Export a trained run to TFLite for Android.
+
+    mnv3-export --model_dir runs/quickstart [--quant float32,int8]
+    """
+    p = parser(export.__doc__)
+    p.add_argument("--model_dir", required=True, help="a run directory written by train.py")
+    add_config_flags(p, "config to use instead of the run's saved config.yaml "
+                     "(rarely needed)", "export.quant=[int8]")
+    p.add_argument("--quant", help="TFLite modes, comma-separated: float32, fp16, dynamic, "
+                   "int8 (default: export.quant from the config)")
+
+    def go():
+        from mnv3 import config as config_lib
+
+        args = p.parse_args(argv)
+        overrides = list(args.set)
+        if args.quant:
+            overrides.append(f"export.quant=[{args.quant}]")
+        cfg = config_lib.load(args.config or os.path.join(args.model_dir, "config.yaml"),
+                              overrides)
+        _quiet_tensorflow()
+        from mnv3.export.pipeline import run
+
+        run(cfg, args.model_dir)
+    return run_command(go)
+
+
+def predict(argv: Sequence[str] | None = None) -> int:
+    """Top classes for your own photos, one line per image.
+
+    mnv3-predict --model runs/quickstart/export/mobilenet_v3_small_64_int8.tflite a.jpg b.png
+    """
+    p = parser(predict.__doc__)
+    p.add_argument("--model", required=True, help="a .tflite from export_tflite.py, a "
+                   ".keras file, or a run directory (its best.keras and labels.txt)")
+    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, BMP, GIF)")
+    p.add_argument("--top_k", type=int, default=3, help="classes listed per image")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+
+    def go():
+        import json
+
+        args = p.parse_args(argv)
+        if args.top_k < 1:
+            raise UserError(f"--top_k {args.top_k}: must be 1 or more")
+        from mnv3.predict import Model
+
+        model = Model(args.model)
+        for path in args.images:
+            result = model.predict(path, args.top_k)
+            if args.json:
+                print(json.dumps({"image": path, "top": [
+                    {"index": i, "label": label, "score": round(score, 6)}
+                    for i, label, score in result.top]}), flush=True)
+            else:
+                print(f"{path}: " + ", ".join(f"{label} {score:.3f}"
+                                              for _, label, score in result.top), flush=True)
+    return run_command(go)

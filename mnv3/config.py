@@ -206,6 +206,11 @@ class TrainConfig:
     keep_checkpoints: int = _field(3, "How many recent checkpoints to keep.", min=1, max=1000)
     log_every_steps: int = _field(50, "Log line interval when not on a terminal.", min=1,
                                   max=1_000_000_000)
+    steps_per_execution: int = _field(
+        1, "Training steps per call into TensorFlow. The host waits for the device "
+        "once per call (to check the loss is finite), so more steps per call keep a "
+        "fast GPU or TPU busy between small steps. Log lines and checkpoints still "
+        "fall on their steps.", min=1, max=100_000)
 
 
 @dataclass

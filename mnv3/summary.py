@@ -6,12 +6,10 @@ Prints the parameter count and multiply-adds of the configured model (one
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 
 from mnv3 import config as config_lib
-from mnv3.cli import exit_on_user_error
+from mnv3 import cli
 
 
 def layer_madds(layer) -> int:
@@ -68,24 +66,24 @@ def _format_table(info: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mnv3.summary", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--config", help="YAML config (defaults when omitted)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. model.alpha=0.75 (repeatable)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
+def main(argv=None) -> int:
+    p = cli.parser(__doc__.split("\n\n", 1)[1])
+    cli.add_config_flags(p, "YAML config (defaults when omitted)", "model.alpha=0.75")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    cfg = config_lib.load(args.config, args.set)
-    from mnv3.model import build_from_config
+    def go():
+        args = p.parse_args(argv)
+        cfg = config_lib.load(args.config, args.set)
+        from mnv3.model import build_from_config
 
-    info = summarize(build_from_config(cfg))
-    if args.json:
-        info = {k: v for k, v in info.items() if k != "layers"}
-        print(json.dumps(info))
-    else:
-        print(_format_table(info))
+        info = summarize(build_from_config(cfg))
+        if args.json:
+            info = {k: v for k, v in info.items() if k != "layers"}
+            print(json.dumps(info))
+        else:
+            print(_format_table(info))
+    return cli.run_command(go)
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main, sys.argv[1:])
+    cli.main(main)

@@ -1,4 +1,9 @@
+import contextlib
+import fcntl
+import io
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -6,8 +11,11 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+
+# Under pytest-xdist, N workers share the cores: one TensorFlow compute thread
+# each (and in the processes they start) rather than N pools fighting over them.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 
 def pytest_configure(config):
@@ -22,6 +30,25 @@ def run_cli(*args, timeout=300, env=None):
     """Runs a project command in a real subprocess from the repository root."""
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def call_cli(command, *args):
+    """Runs a command's main(argv) in this process from the repository root: the
+    same parsing and error handling as the script, without a second TensorFlow
+    start-up. Returns what run_cli returns. Tests of what only a real process
+    shows (exit on a signal, a lock, a crash) use run_cli."""
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = command(list(args)) or 0  # None: success, as sys.exit(None)
+            except SystemExit as e:  # --help
+                code = e.code
+    finally:
+        os.chdir(cwd)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(result, *fragments):
@@ -41,3 +68,97 @@ def write_yaml(tmp_path):
         path.write_text(text)
         return str(path)
     return write
+
+
+# Tiny and quick: MobileNetV3-Small at alpha 0.35 on 64 px synthetic shapes.
+TINY = ["model.alpha=0.35", "model.dropout=0.0", "model.bn_momentum=0.9",
+        "data.image_size=64", "data.synthetic_images=800", "data.crop_scale=[0.6, 1.0]",
+        "data.val_fraction=0.2",
+        "train.batch_size=32", "train.learning_rate=0.02", "train.warmup_epochs=0.5",
+        "train.weight_decay=0.0", "train.log_every_steps=5"]
+# Long enough to learn the shapes (eval top-1 well above chance): the run that
+# the training and export tests share.
+LEARN = ["train.epochs=6", "data.synthetic_images=2000", "train.learning_rate=0.06"]
+
+
+def tiny_cfg(*extra):
+    from mnv3 import config as config_lib
+
+    return config_lib.load(None, TINY + list(extra))
+
+
+def read_metrics(model_dir):
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def train_cli(model_dir, *extra, env=None, **kwargs):
+    """train.py in a real process (for tests that kill it or race it)."""
+    args = ["train.py", "--config", os.path.join(ROOT, "configs", "quickstart.yaml"),
+            "--model_dir", str(model_dir)]
+    for item in TINY + list(extra):
+        args += ["--set", item]
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})}, **kwargs)
+
+
+def train_here(model_dir, *extra):
+    """train.py's command with TINY + extra, run in this process (a real run,
+    without a second TensorFlow start-up): (exit status, stdout and stderr)."""
+    from mnv3 import cli
+
+    args = ["--config", "configs/quickstart.yaml", "--model_dir", str(model_dir)]
+    for item in TINY + list(extra):
+        args += ["--set", item]
+    result = call_cli(cli.train, *args)
+    return result.returncode, result.stdout + result.stderr
+
+
+def shared_directory(tmp_path_factory, name, build):
+    """A directory built once per test session, also across pytest-xdist workers:
+    the first to ask builds it under a lock, the others wait and reuse it. Tests
+    must copy it before they change anything in it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this session
+    path, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            build(path)
+            done.touch()
+    return path
+
+
+@pytest.fixture(scope="session")
+def learned_run(tmp_path_factory):
+    """A run of tiny_cfg(*LEARN): 6 epochs that learn the synthetic shapes."""
+    from mnv3.training import run
+
+    return shared_directory(tmp_path_factory, "learned_run",
+                            lambda path: run(tiny_cfg(*LEARN), str(path)))
+
+
+EXPORT = ["export.quant=[float32, fp16, dynamic, int8]", "export.calibration_steps=64",
+          "export.latency_runs=5"]
+
+
+@pytest.fixture(scope="session")
+def exported(learned_run, tmp_path_factory):
+    """The shared trained run, exported in all four modes (in a copy, whose
+    config.yaml carries the export settings)."""
+    from mnv3 import config as config_lib
+    from mnv3.export.pipeline import run as export_run
+
+    def build(path):
+        shutil.copytree(learned_run, path, ignore=shutil.ignore_patterns("checkpoints", "tb"))
+        cfg = tiny_cfg(*LEARN, *EXPORT)
+        config_lib.save(cfg, str(path / "config.yaml"))
+        report = export_run(cfg, str(path))
+        # The report it returns is the report it wrote.
+        assert json.loads((path / "export" / "report.json").read_text()) == report
+
+    path = shared_directory(tmp_path_factory, "exported_run", build)
+    return str(path), json.loads((path / "export" / "report.json").read_text())

@@ -8,12 +8,15 @@ from tests.conftest import ROOT
 
 
 def test_defaults_and_required_key_names():
+    # Changing one of these changes what every existing config trains.
     cfg = config_lib.load(None)
-    for dotted in ["model.variant", "model.alpha", "model.minimalistic", "data.source",
-                   "data.train_dir", "data.eval_dir", "data.image_size",
-                   "data.num_classes", "train.epochs", "train.batch_size"]:
-        section, key = dotted.split(".")
-        assert hasattr(getattr(cfg, section), key), dotted
+    expected = {"model.variant": "small", "model.alpha": 1.0, "model.minimalistic": False,
+                "data.source": "synthetic", "data.train_dir": None, "data.eval_dir": None,
+                "data.image_size": 224, "data.num_classes": 10, "train.epochs": 10,
+                "train.batch_size": 64}
+    got = {dotted: getattr(getattr(cfg, dotted.split(".")[0]), dotted.split(".")[1])
+           for dotted in expected}
+    assert got == expected
 
 
 def test_yaml_values_are_applied(write_yaml):

@@ -12,7 +12,8 @@ from mnv3.data.folder import list_images
 from mnv3.data.sources import holdout
 from mnv3.data.synthetic import generate
 from mnv3.errors import UserError
-from tests.conftest import SHARED_DATA, assert_one_line_error, run_cli
+from mnv3 import cli
+from tests.conftest import SHARED_DATA, assert_one_line_error, call_cli
 
 # The classic 1x1 GIF: real bytes of a real format TF can decode but not encode.
 TINY_GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04\x01"
@@ -134,7 +135,9 @@ def test_class_count_mismatch_and_cli_exit_status(tmp_path):
         make_pipeline(folder_cfg(root, num_classes=5))
     empty_class = make_folder(tmp_path / "other")
     os.makedirs(empty_class / "zebra")
-    result = run_cli("benchmarks/input_pipeline.py", "--set", "data.source=folder",
+    from benchmarks import input_pipeline
+
+    result = call_cli(input_pipeline.main, "--set", "data.source=folder",
                      "--set", f"data.train_dir={empty_class}", "--set", "data.num_classes=3")
     assert_one_line_error(result, "zebra", "no images")
 
@@ -202,14 +205,18 @@ def test_train_views_crop_and_pad():
                for c in crops)
 
 
-def test_randaugment_and_mixing_keep_shapes_and_soft_labels():
-    cfg = config_lib.load(None, ["data.image_size=32", "data.synthetic_images=200",
-                                 "train.batch_size=8", "data.randaugment_ops=2",
-                                 "data.mixup_alpha=0.2", "data.cutmix_alpha=1.0"])
+def test_randaugment_and_mixing_change_the_batch_and_soften_labels():
+    base = ["data.image_size=32", "data.synthetic_images=200", "train.batch_size=8"]
+    plain_images, plain_labels = next(iter(make_pipeline(config_lib.load(None, base)).train()))
+    cfg = config_lib.load(None, base + ["data.randaugment_ops=2", "data.mixup_alpha=0.2",
+                                        "data.cutmix_alpha=1.0"])
     images, labels = next(iter(make_pipeline(cfg).train()))
-    assert images.shape == (8, 32, 32, 3)
+    assert images.shape == plain_images.shape == (8, 32, 32, 3)
+    assert not np.array_equal(images.numpy(), plain_images.numpy())
     np.testing.assert_allclose(labels.numpy().sum(axis=1), 1.0, rtol=1e-5)
-    assert float(tf.reduce_max(images)) <= 255.0
+    assert (plain_labels.numpy().max(axis=1) == 1.0).all()  # one-hot without mixing
+    assert (labels.numpy().max(axis=1) < 1.0 - 1e-3).any()  # mixed images: soft labels
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255.0
 
 
 def test_synthetic_is_balanced_and_deterministic():
@@ -223,7 +230,9 @@ def test_synthetic_is_balanced_and_deterministic():
 def test_tfrecord_converter_and_reader(tmp_path):
     root = make_folder(tmp_path / "imgs", per_class=5)
     out = tmp_path / "records"
-    result = run_cli("-m", "mnv3.data.tfrecord", "--src", str(root), "--out", str(out),
+    from mnv3.data import tfrecord
+
+    result = call_cli(tfrecord.main, "--src", str(root), "--out", str(out),
                      "--shards", "4")
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(os.listdir(out)) == ["counts.json", "labels.txt"] + [
@@ -318,18 +327,19 @@ def test_class_names_that_would_shift_labels_are_refused(tmp_path, name, why):
         list_images(str(root))
 
 
+@pytest.mark.slow
 def test_strict_decode_failure_names_the_file(tmp_path):
     root = make_folder(tmp_path / "imgs", per_class=5)
     (root / "dog" / "broken.png").write_bytes(broken_png())
     assert len(list_images(str(root), strict=True).paths) == 12  # passes the cheap checks
-    args = ["train.py", "--config", "configs/quickstart.yaml", "--model_dir",
+    args = ["--config", "configs/quickstart.yaml", "--model_dir",
             str(tmp_path / "run")]
     for item in ["data.source=folder", f"data.train_dir={root}", f"data.eval_dir={root}",
                  "data.num_classes=2", "data.image_size=32", "model.alpha=0.35",
                  "model.remove_early_strides=2", "train.batch_size=4", "train.epochs=1",
                  "data.strict=true"]:
         args += ["--set", item]
-    assert_one_line_error(run_cli(*args), "broken.png", "cannot be decoded")
+    assert_one_line_error(call_cli(cli.train, *args), "broken.png", "cannot be decoded")
 
 
 def test_tfrecord_reconversion_and_wrong_counts(tmp_path):

@@ -21,8 +21,9 @@ from mnv3.model import build_from_config
 from mnv3.model import pretrained
 from mnv3.model.builder import HEAD_LAYERS
 from mnv3.training import optim, run
-from tests.conftest import assert_one_line_error, run_cli
-from tests.test_training import TINY, tiny_cfg, train_cli
+from mnv3 import cli
+from tests.conftest import (TINY, assert_one_line_error, call_cli, tiny_cfg, train_cli,
+                            train_here)
 
 APPLICATIONS = {"large": keras.applications.MobileNetV3Large,
                 "small": keras.applications.MobileNetV3Small}
@@ -130,32 +131,31 @@ def test_mismatched_weights_name_the_first_layer_that_differs(tmp_path):
     assert "where our" in message and "has weights" in message
 
 
-def test_each_bad_source_is_one_line_and_writes_nothing(tmp_path):
-    small = str(tmp_path / "small.h5")
-    save_published_layout(random_application("small"), small)
-    empty_home = str(tmp_path / "no-cache")
-    cases = [
-        (["model.init_from=" + str(tmp_path / "missing.h5")], {}, "not found"),
-        # alpha 0.35 has no published ImageNet weights
-        (["model.init_from=imagenet"], {}, "publishes no ImageNet weights"),
-        # Not cached, and no way to download it: a proxy that refuses at once.
-        (["model.init_from=imagenet", "model.alpha=1.0"],
-         {"KERAS_HOME": empty_home, "https_proxy": "http://127.0.0.1:9",
-          "HTTPS_PROXY": "http://127.0.0.1:9"},
-         "weights_mobilenet_v3_small_224_1.0_float.h5"),
-        (["model.init_from=" + small], {}, "where our"),  # alpha 1.0 weights, 0.35 model
-        (["train.freeze_backbone_epochs=1"], {}, "needs model.init_from"),
-    ]
-    for i, (extra, env, fragment) in enumerate(cases):
-        model_dir = tmp_path / f"run{i}"
-        args = ["train.py", "--config", "configs/quickstart.yaml", "--model_dir",
-                str(model_dir)]
-        for item in TINY + extra:
-            args += ["--set", item]
-        result = run_cli(*args, env=env)
-        assert_one_line_error(result, fragment)
-        assert not model_dir.exists(), extra
-    assert not os.path.exists(empty_home) or not os.listdir(os.path.join(empty_home, "models"))
+@pytest.mark.parametrize("extra, offline, fragment", [
+    (["model.init_from=TMP/missing.h5"], False, "not found"),
+    # alpha 0.35 has no published ImageNet weights
+    (["model.init_from=imagenet"], False, "publishes no ImageNet weights"),
+    # Not cached, and no way to download it: a proxy that refuses at once.
+    (["model.init_from=imagenet", "model.alpha=1.0"], True,
+     "weights_mobilenet_v3_small_224_1.0_float.h5"),
+    (["model.init_from=TMP/small.h5"], False, "where our"),  # alpha 1.0 weights, 0.35 model
+    (["train.freeze_backbone_epochs=1"], False, "needs model.init_from"),
+])
+def test_each_bad_source_is_one_line_and_writes_nothing(tmp_path, monkeypatch, extra,
+                                                        offline, fragment):
+    save_published_layout(random_application("small"), str(tmp_path / "small.h5"))
+    empty_home = tmp_path / "no-cache"
+    if offline:
+        monkeypatch.setenv("KERAS_HOME", str(empty_home))
+        for proxy in ("https_proxy", "HTTPS_PROXY"):
+            monkeypatch.setenv(proxy, "http://127.0.0.1:9")
+    model_dir = tmp_path / "run"
+    args = ["--config", "configs/quickstart.yaml", "--model_dir", str(model_dir)]
+    for item in TINY + [e.replace("TMP", str(tmp_path)) for e in extra]:
+        args += ["--set", item]
+    assert_one_line_error(call_cli(cli.train, *args), fragment)
+    assert not model_dir.exists()
+    assert not empty_home.exists() or not os.listdir(empty_home / "models")
 
 
 def backbone_and_head(path):
@@ -174,14 +174,13 @@ def assert_identical(a, b):
             assert np.array_equal(x, y), name
 
 
-@pytest.fixture(scope="module")
-def pretrained_run(tmp_path_factory):
+@pytest.fixture(scope="session")
+def pretrained_run(learned_run):
     """A tiny trained run to start from (shared: each test copies what it moves)."""
-    source = tmp_path_factory.mktemp("pretrained") / "run"
-    run(tiny_cfg("train.epochs=1"), str(source))
-    return source
+    return learned_run
 
 
+@pytest.mark.slow
 def test_head_only_epoch_survives_kill_9_and_leaves_the_backbone_bit_identical(
         tmp_path, pretrained_run):
     source = tmp_path / "pretrained"
@@ -205,9 +204,8 @@ def test_head_only_epoch_survives_kill_9_and_leaves_the_backbone_bit_identical(
     # The source is gone: a resume must not need it, nor re-apply it.
     moved = tmp_path / "moved"
     source.rename(moved)
-    proc = train_cli(model_dir, *extra)
-    out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 0, out[-2000:]
+    code, out = train_here(model_dir, *extra)
+    assert code == 0, out[-2000:]
     assert "resuming from" in out and "not applied again" in out
     assert "starting from" not in out and "only the head" in out
 
@@ -219,14 +217,15 @@ def test_head_only_epoch_survives_kill_9_and_leaves_the_backbone_bit_identical(
 
     # One more epoch on the same run: now the whole network trains. (Mode
     # `train` saves best.keras every epoch, whatever the eval accuracy.)
-    proc = train_cli(model_dir, *extra[:1], "train.epochs=2", *extra[2:], "train.mode=train")
-    out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 0, out[-2000:]
+    code, out = train_here(model_dir, *extra[:1], "train.epochs=2", *extra[2:],
+                           "train.mode=train")
+    assert code == 0, out[-2000:]
     assert "the whole network trains" in out
     after, _ = backbone_and_head(str(model_dir / "best.keras"))
     assert not np.array_equal(after["stem_conv"][0], start_backbone["stem_conv"][0])
 
 
+@pytest.mark.slow
 def test_zero_epochs_keeps_the_starting_weights_as_the_model(tmp_path, pretrained_run):
     source = pretrained_run
     model_dir = tmp_path / "as-is"
@@ -302,7 +301,8 @@ def test_fine_tuning_config_errors(overrides, fragment):
         config_lib.load(None, overrides)
 
 
-def test_published_imagenet_model_exports_with_imagenet_labels(tmp_path):
+@pytest.mark.slow
+def test_published_imagenet_model_exports_with_imagenet_labels(tmp_path, monkeypatch):
     """The README's two commands for the published ImageNet model, with a file of
     the published layout in the Keras cache (no network here)."""
     from tests.test_data import make_folder
@@ -315,17 +315,16 @@ def test_published_imagenet_model_exports_with_imagenet_labels(tmp_path):
     images = make_folder(tmp_path / "images", classes=("n01440764", "n02102040"),
                          per_class=6)
     model_dir = tmp_path / "imagenet_small"
-    env = {"KERAS_HOME": str(home)}
-    result = run_cli("train.py", "--config", "configs/imagenet_published.yaml",
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    result = call_cli(cli.train, "--config", "configs/imagenet_published.yaml",
                      "--model_dir", str(model_dir), "--set", f"data.train_dir={images}",
-                     "--set", "data.image_size=64", env=env)
+                     "--set", "data.image_size=64")
     assert result.returncode == 0, result.stderr[-2000:]
     labels = (model_dir / "labels.txt").read_text().split("\n")
     assert len(labels) == 1001 and labels[:2] == ["tench", "goldfish"]
     assert labels[217] == "English springer"
     assert os.path.exists(model_dir / "init_from.json")
-    result = run_cli("export_tflite.py", "--model_dir", str(model_dir), "--quant",
-                     "float32", env=env)
+    result = call_cli(cli.export, "--model_dir", str(model_dir), "--quant", "float32")
     assert result.returncode == 0, result.stderr[-2000:]
     from mnv3.export.metadata import associated_files, read_metadata
 

@@ -15,18 +15,19 @@ from mnv3.errors import UserError
 from mnv3.run_dir import RunDir
 from mnv3.training import checkpoints
 from mnv3.training import run as train_run
-from tests.test_training import read_metrics, tiny_cfg, train_cli
+from tests.conftest import read_metrics, shared_directory, tiny_cfg, train_cli, train_here
+
+pytestmark = pytest.mark.slow  # every test here trains
 
 # 256 training images: 8 steps of 32 per epoch, a checkpoint every 4 steps.
 SMALL = ["data.synthetic_images=320", "train.checkpoint_every_steps=4",
          "train.keep_checkpoints=3"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("safety") / "run"
-    train_run(tiny_cfg(*SMALL, "train.epochs=2"), str(model_dir))
-    return model_dir
+    return shared_directory(tmp_path_factory, "safety_run", lambda path: train_run(
+        tiny_cfg(*SMALL, "train.epochs=2"), str(path)))
 
 
 @pytest.fixture
@@ -37,9 +38,7 @@ def run_copy(trained, tmp_path):
 
 
 def resume_cli(model_dir, *extra, epochs=3):
-    proc = train_cli(model_dir, *SMALL, f"train.epochs={epochs}", *extra)
-    out, _ = proc.communicate(timeout=300)
-    return proc.returncode, out
+    return train_here(model_dir, *SMALL, f"train.epochs={epochs}", *extra)
 
 
 def on_disk(model_dir):
@@ -99,19 +98,19 @@ def test_non_finite_weights_are_never_saved(run_copy):
     saved_before = on_disk(run_copy)
     trainer = Trainer(cfg, RunDir(str(run_copy)), tf.distribute.get_strategy(),
                       make_pipeline(cfg))
-    real_step = trainer.train_step
+    real_steps = trainer.train_steps
     # The stem: every later activation overflows from it, in inference mode too.
     # (Blowing up the classifier alone was flaky: a barely trained model's
     # inference-mode features can all be zero on the probe images.)
     kernel = trainer.model.get_layer("stem_conv").kernel
 
-    def step_that_blows_up_the_weights(batch):
-        out = real_step(batch)  # the loss was computed before this update
-        if int(trainer.batches_done.numpy()) + 1 == 20:  # the step before a save
+    def steps_that_blow_up_the_weights(iterator, steps):
+        out = real_steps(iterator, steps)  # the loss was computed before this update
+        if int(trainer.batches_done.numpy()) == 20:  # the step before a save
             kernel.assign(tf.fill(kernel.shape, 3e38))
         return out
 
-    trainer.train_step = step_that_blows_up_the_weights
+    trainer.train_steps = steps_that_blow_up_the_weights
     with pytest.raises(UserError) as err:
         trainer.fit()
     message = str(err.value)

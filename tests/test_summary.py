@@ -5,7 +5,8 @@ import pytest
 from mnv3 import config as config_lib
 from mnv3.model import build_from_config
 from mnv3.summary import summarize
-from tests.conftest import assert_one_line_error, run_cli
+from mnv3 import summary
+from tests.conftest import assert_one_line_error, call_cli
 
 
 @pytest.mark.parametrize("variant, low, high", [("large", 217e6, 219e6),
@@ -28,7 +29,7 @@ def test_madds_scale_with_resolution():
 
 def test_cli_json_and_table(write_yaml):
     path = write_yaml("model:\n  variant: small\n  alpha: 0.35\ndata:\n  image_size: 64\n")
-    result = run_cli("-m", "mnv3.summary", "--config", path, "--set", "model.alpha=0.5",
+    result = call_cli(summary.main, "--config", path, "--set", "model.alpha=0.5",
                      "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     info = json.loads(result.stdout)
@@ -36,14 +37,14 @@ def test_cli_json_and_table(write_yaml):
     assert info["params"] == build_from_config(cfg).count_params()
     assert info["madds"] > 0 and info["input"] == [64, 64, 3]
 
-    table = run_cli("-m", "mnv3.summary", "--config", path)
+    table = call_cli(summary.main, "--config", path)
     assert table.returncode == 0
     assert "block10_project" in table.stdout and "total multiply-adds" in table.stdout
 
 
 def test_cli_bad_config_is_one_line_exit_2(write_yaml):
     path = write_yaml("model:\n  variant: medium\n")
-    assert_one_line_error(run_cli("-m", "mnv3.summary", "--config", path, "--json"),
+    assert_one_line_error(call_cli(summary.main, "--config", path, "--json"),
                           path, "model.variant")
-    assert_one_line_error(run_cli("-m", "mnv3.summary", "--set", "model.alpha=-2"),
+    assert_one_line_error(call_cli(summary.main, "--set", "model.alpha=-2"),
                           "--set model.alpha")

@@ -14,40 +14,16 @@ import tensorflow as tf
 from mnv3 import config as config_lib
 from mnv3.training import run
 from mnv3.training import optim
-from tests.conftest import ROOT, assert_one_line_error, run_cli
+from mnv3 import cli
+from mnv3.errors import UserError
+from tests.conftest import (LEARN, TINY, assert_one_line_error, call_cli, read_metrics,
+                            tiny_cfg, train_cli, train_here)
 
-# Tiny and quick: MobileNetV3-Small at alpha 0.35 on 32 px synthetic shapes.
-TINY = ["model.alpha=0.35", "model.dropout=0.0", "model.bn_momentum=0.9",
-        "data.image_size=64", "data.synthetic_images=800", "data.crop_scale=[0.6, 1.0]",
-        "data.val_fraction=0.2",
-        "train.batch_size=32", "train.learning_rate=0.02", "train.warmup_epochs=0.5",
-        "train.weight_decay=0.0", "train.log_every_steps=5"]
-
-
-def tiny_cfg(*extra):
-    return config_lib.load(None, TINY + list(extra))
-
-
-def read_metrics(model_dir):
-    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def train_cli(model_dir, *extra, env=None, **kwargs):
-    args = ["train.py", "--config", os.path.join(ROOT, "configs", "quickstart.yaml"),
-            "--model_dir", str(model_dir)]
-    for item in TINY + list(extra):
-        args += ["--set", item]
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})}, **kwargs)
-
-
-def test_training_learns_and_inference_mode_tracks_training(tmp_path):
-    model_dir = tmp_path / "run"
-    learn = ["train.epochs=6", "data.synthetic_images=2000", "train.learning_rate=0.06"]
-    run(tiny_cfg(*learn), str(model_dir))
-    last = read_metrics(model_dir)[-1]
+@pytest.mark.slow
+def test_training_learns_and_inference_mode_tracks_training(learned_run):
+    model_dir = learned_run
+    metrics = read_metrics(model_dir)
+    last = metrics[-1]
     assert last["epoch"] == 6 and last["step"] == 6 * (1600 // 32)
     assert last["train_top1"] > 0.4  # chance is 0.1
     # BatchNorm moving statistics must fit the run: inference-mode accuracy on
@@ -56,23 +32,38 @@ def test_training_learns_and_inference_mode_tracks_training(tmp_path):
     for name in ["config.yaml", "labels.txt", "best.keras", "checkpoints", "tb"]:
         assert os.path.exists(model_dir / name), name
     assert (model_dir / "labels.txt").read_text().split()[:2] == ["disc", "square"]
-    assert config_lib.load(str(model_dir / "config.yaml")) == tiny_cfg(*learn)
+    assert config_lib.load(str(model_dir / "config.yaml")) == tiny_cfg(*LEARN)
 
-    # best.keras is the best epoch's model; eval mode reproduces its accuracy.
-    best_top1 = max(r["eval_top1"] for r in read_metrics(model_dir))
-    metrics = run(tiny_cfg(*learn, "train.mode=eval"), str(model_dir))
-    assert metrics["top1"] <= best_top1 + 1e-6
+    # Eval mode restores the newest checkpoint and gives its epoch's figures,
+    # writing nothing.
+    before = sorted(os.listdir(model_dir))
+    evaluated = run(tiny_cfg(*LEARN, "train.mode=eval"), str(model_dir))
+    assert evaluated["top1"] == pytest.approx(last["eval_top1"], abs=1e-6)
+    assert sorted(os.listdir(model_dir)) == before
+    # best.keras is the best epoch's model: it scores the best eval top-1.
+    from mnv3.data import make_pipeline
+
+    best = keras.saving.load_model(str(model_dir / "best.keras"))
+    right = total = 0
+    for images, labels in make_pipeline(tiny_cfg(*LEARN)).eval():
+        scores = best(images, training=False).numpy()
+        right += int(np.sum(np.argmax(scores, -1) == np.argmax(labels.numpy(), -1)))
+        total += len(scores)
+    assert right / total == pytest.approx(max(r["eval_top1"] for r in metrics), abs=1e-6)
     # best.keras is plain Keras: it loads in a process that cannot import mnv3.
-    load = "import sys, keras; print(keras.saving.load_model(sys.argv[1]).output.shape)"
+    # (mnv3 is installed, so the process blocks the import itself.)
+    load = ("import sys; sys.modules['mnv3'] = None; import keras; "
+            "print(keras.saving.load_model(sys.argv[1]).output.shape)")
     out = subprocess.run([sys.executable, "-c", load, str(model_dir / "best.keras")],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                         cwd="/", capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "(None, 10)" in out.stdout
 
 
+@pytest.mark.slow
 def test_kill_9_and_resume(tmp_path):
     model_dir = tmp_path / "run"
-    extra = ["train.epochs=3", "train.checkpoint_every_steps=5"]
+    extra = ["train.epochs=2", "train.checkpoint_every_steps=5"]
     proc = train_cli(model_dir, *extra)
     checkpoints = model_dir / "checkpoints"
     deadline = time.time() + 180
@@ -87,24 +78,23 @@ def test_kill_9_and_resume(tmp_path):
     killed_at = tf.train.latest_checkpoint(str(checkpoints))
     assert killed_at is not None
 
-    resumed = train_cli(model_dir, *extra)
-    out, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, out[-3000:]
+    code, out = train_here(model_dir, *extra)
+    assert code == 0, out[-3000:]
     assert f"resuming from {killed_at}" in out
     metrics = read_metrics(model_dir)
-    assert [r["epoch"] for r in metrics][-1] == 3
-    assert metrics[-1]["step"] == 3 * 20
+    assert [r["epoch"] for r in metrics][-1] == 2
+    assert metrics[-1]["step"] == 2 * 20
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     model_dir = tmp_path / "run"
     run(tiny_cfg("train.epochs=1", "train.optimizer=sgd"), str(model_dir))
     good = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
-    proc = train_cli(model_dir, "train.epochs=2", "train.optimizer=sgd",
-                     "train.learning_rate=10", "train.base_batch_size=1",
-                     "train.schedule=constant", "train.warmup_epochs=0")
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 2, out[-3000:]
+    code, out = train_here(model_dir, "train.epochs=2", "train.optimizer=sgd",
+                           "train.learning_rate=10", "train.base_batch_size=1",
+                           "train.schedule=constant", "train.warmup_epochs=0")
+    assert code == 2, out[-3000:]
     assert "Traceback" not in out
     last = out.strip().splitlines()[-1]
     assert "training loss became" in last and "checkpoint" in last
@@ -116,6 +106,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
             assert np.isfinite(value).all(), name
 
 
+@pytest.mark.slow
 def test_ema_weights_are_evaluated_and_saved(tmp_path):
     from mnv3.data import make_pipeline
     from mnv3.run_dir import RunDir
@@ -137,6 +128,7 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path):
     np.testing.assert_allclose(trainer.model(images, training=False).numpy(), raw, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_float16"])  # the loss-scaling path
 def test_mixed_precision_trains_and_saves_a_float32_output(tmp_path, policy):
     model_dir = tmp_path / "run"
@@ -148,33 +140,40 @@ def test_mixed_precision_trains_and_saves_a_float32_output(tmp_path, policy):
     model = keras.saving.load_model(str(model_dir / "best.keras"))
     assert model.get_layer("stem_conv").compute_dtype == policy.split("_")[1]
     assert model.output.dtype == "float32"
-    run(tiny_cfg("train.epochs=1", "data.synthetic_images=320"), str(tmp_path / "next"))
-    assert keras.mixed_precision.dtype_policy().name == "float32"  # nothing leaks
+    # Nothing leaks into the next run, even one that stops at its data.
+    with pytest.raises(UserError, match="data directory not found"):
+        run(tiny_cfg("data.source=folder", f"data.train_dir={tmp_path / 'nowhere'}"),
+            str(tmp_path / "next"))
+    assert keras.mixed_precision.dtype_policy().name == "float32"
 
 
-def test_errors_in_use_are_one_line(tmp_path, write_yaml):
+def _train_args(model_dir, *overrides):
+    args = ["--config", "configs/quickstart.yaml", "--model_dir", str(model_dir)]
+    for item in overrides:
+        args += ["--set", item]
+    return args
+
+
+@pytest.mark.slow
+def test_another_architecture_on_an_existing_run_is_one_line(tmp_path):
     model_dir = tmp_path / "run"
-    run(tiny_cfg("train.epochs=1"), str(model_dir))
-    result = run_cli("train.py", "--config", "configs/quickstart.yaml", "--model_dir",
-                     str(model_dir), *sum((["--set", s] for s in TINY), []),
-                     "--set", "model.alpha=0.5")
+    run(tiny_cfg("train.epochs=1", "data.synthetic_images=160"), str(model_dir))
+    result = call_cli(cli.train, *_train_args(model_dir, *TINY, "data.synthetic_images=160",
+                                               "model.alpha=0.5"))
     assert_one_line_error(result, "model.alpha=0.35", "new --model_dir")
 
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
-    result = run_cli("train.py", "--config", "configs/quickstart.yaml", "--model_dir",
-                     str(blocker / "run"), *sum((["--set", s] for s in TINY), []))
-    assert_one_line_error(result, "not writable")
 
-    result = run_cli("train.py", "--config", "configs/quickstart.yaml", "--model_dir",
-                     str(tmp_path / "empty"), "--set", "train.mode=eval")
-    assert_one_line_error(result, "no checkpoint to evaluate")
-
-    result = run_cli("train.py", "--config", "configs/quickstart.yaml", "--model_dir",
-                     str(tmp_path / "x"), "--set", "data.source=folder",
-                     "--set", f"data.train_dir={tmp_path / 'nowhere'}")
-    assert_one_line_error(result, "data directory not found")
-    assert not (tmp_path / "x").exists()
+@pytest.mark.parametrize("where, overrides, fragment", [
+    ("file/run", TINY, "not writable"),  # a file stands where a directory must go
+    ("empty", ["train.mode=eval"], "no checkpoint to evaluate"),
+    ("x", ["data.source=folder", "data.train_dir=NOWHERE"], "data directory not found"),
+])
+def test_errors_in_use_are_one_line_and_write_nothing(tmp_path, where, overrides, fragment):
+    (tmp_path / "file").write_text("not a directory")
+    overrides = [o.replace("NOWHERE", str(tmp_path / "nowhere")) for o in overrides]
+    result = call_cli(cli.train, *_train_args(tmp_path / where, *overrides))
+    assert_one_line_error(result, fragment)
+    assert sorted(os.listdir(tmp_path)) == ["file"]
 
 
 def test_schedules_and_weight_decay_targets():
@@ -209,13 +208,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_workers_train_one_model_on_loopback(tmp_path):
     ports = [_free_port(), _free_port()]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        procs.append(train_cli(tmp_path / "run", "train.epochs=1",
+        procs.append(train_cli(tmp_path / "run", "train.epochs=1", "data.synthetic_images=320",
                                "runtime.strategy=multi_worker_mirrored",
                                env={"TF_CONFIG": tf_config}))
     outputs = []
@@ -228,5 +228,39 @@ def test_two_workers_train_one_model_on_loopback(tmp_path):
     assert len(checksums) == 2 and checksums[0] == checksums[1]
     assert "2 replica(s)" in outputs[0]
     metrics = read_metrics(tmp_path / "run")  # written by the chief alone
-    assert len(metrics) == 1 and metrics[0]["step"] == 640 // 32
-    assert metrics[0]["train_images"] == 640 // 32 * 32
+    assert len(metrics) == 1 and metrics[0]["step"] == 256 // 32
+    assert metrics[0]["train_images"] == 256
+
+
+@pytest.mark.slow
+def test_several_steps_per_call_keep_logs_checkpoints_and_the_data_position(tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    # 8 steps an epoch in calls of 3: the calls are cut at step 4 (checkpoint)
+    # and 5 (log line), so both fall where they would one step at a time.
+    run(tiny_cfg("data.synthetic_images=320", "train.epochs=1", "train.steps_per_execution=3",
+                 "train.checkpoint_every_steps=4", "train.log_every_steps=5"), str(model_dir))
+    out = capsys.readouterr().out
+    assert [line.split(":")[0] for line in out.splitlines() if " step " in line] == [
+        "epoch 1/1 step 5/8", "epoch 1/1 step 8/8"]
+    assert sorted(f for f in os.listdir(model_dir / "checkpoints") if f.endswith(".index")) \
+        == ["ckpt-4.index", "ckpt-8.index"]
+    assert read_metrics(model_dir)[-1]["step"] == 8
+
+
+def test_a_call_of_several_steps_stops_after_a_non_finite_loss(tmp_path):
+    from mnv3.data import make_pipeline
+    from mnv3.run_dir import RunDir
+    from mnv3.training.trainer import Trainer
+
+    cfg = tiny_cfg("data.synthetic_images=320", "train.steps_per_execution=5")
+    trainer = Trainer(cfg, RunDir(str(tmp_path / "run")), tf.distribute.get_strategy(),
+                      make_pipeline(cfg))
+    iterator = iter(trainer.distribute(trainer.pipeline.train(0)))
+    sums, taken, loss = trainer.train_steps(iterator, tf.constant(3))
+    assert int(taken) == 3 and np.isfinite(float(loss)) and float(sums["count"]) == 96
+    kernel = trainer.model.get_layer("logits").kernel
+    kernel.assign(tf.fill(kernel.shape, np.nan))
+    sums, taken, loss = trainer.train_steps(iterator, tf.constant(5))
+    # The first step's loss is NaN: no further update lands on the weights.
+    assert int(taken) == 1 and np.isnan(float(loss))
+    assert int(trainer.batches_done.numpy()) == 4

@@ -10,11 +10,9 @@ class name per line) and `counts.json` (records per prefix) beside them.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
-import sys
 
 import tensorflow as tf
 from absl import logging
@@ -135,22 +133,26 @@ def write_shards(src: str, out: str, shards: int, prefix: str, strict: bool = Fa
     return len(files.paths)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mnv3.data.tfrecord",
-                                     description="Write ImageNet-layout TFRecord shards "
-                                     "from a class-per-folder image directory.")
-    parser.add_argument("--src", required=True, help="directory with one sub-folder per class")
-    parser.add_argument("--out", required=True, help="output directory for the shards")
-    parser.add_argument("--shards", type=int, default=16)
-    parser.add_argument("--prefix", default="train", help="shard name prefix "
-                        "(train or validation)")
-    parser.add_argument("--strict", action="store_true", help="fail on unreadable images")
-    args = parser.parse_args(argv)
-    count = write_shards(args.src, args.out, args.shards, args.prefix, args.strict)
-    print(f"wrote {count} images to {args.out}/{args.prefix}-*")
+def main(argv=None) -> int:
+    from mnv3 import cli
+
+    p = cli.parser("Write ImageNet-layout TFRecord shards from a class-per-folder "
+                   "image directory.")
+    p.add_argument("--src", required=True, help="directory with one sub-folder per class")
+    p.add_argument("--out", required=True, help="output directory for the shards")
+    p.add_argument("--shards", type=int, default=16)
+    p.add_argument("--prefix", default="train", help="shard name prefix "
+                   "(train or validation)")
+    p.add_argument("--strict", action="store_true", help="fail on unreadable images")
+
+    def go():
+        args = p.parse_args(argv)
+        count = write_shards(args.src, args.out, args.shards, args.prefix, args.strict)
+        print(f"wrote {count} images to {args.out}/{args.prefix}-*")
+    return cli.run_command(go)
 
 
 if __name__ == "__main__":
-    from mnv3.cli import exit_on_user_error
+    from mnv3 import cli
 
-    exit_on_user_error(main, sys.argv[1:])
+    cli.main(main)

@@ -10,10 +10,10 @@ Why not the converter's own calibration (both measured on the CIFAR-10 model):
    agreement with the float model from 90.1% to 96.0% (top-1 79.5% -> 80.8%,
    float 81.1%).
 
-The converter's quantizer itself is reused through the same internal entry
-points its QuantizationDebugger uses: a calibrate-only conversion gives the
-float model with a min/max slot on every tensor to quantize, and
-`mlir_quantize` turns the ranges written there into the int8 model.
+The converter's quantizer itself is reused through the internal entry points
+its QuantizationDebugger uses (mnv3.tf_internals). Where a TensorFlow lacks
+them, the export falls back to the converter's public calibration, with a
+warning that names what is missing.
 """
 
 from __future__ import annotations
@@ -24,7 +24,11 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from mnv3 import tf_internals
 from mnv3.errors import UserError
+from mnv3.export.modes import Mode
+
+IO_TYPES = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}
 
 # A softmax output's range: fixed, not calibrated.
 PROBABILITY_RANGE = (0.0, 1.0)
@@ -82,27 +86,33 @@ def record_ranges(float_model: bytes, tensors: Sequence[int], samples: Sequence[
 
 
 def int8_model(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarray],
-               percentile: float, input_range: tuple[float, float],
-               input_type: tf.DType, output_type: tf.DType,
-               output_range: tuple[float, float] | None = PROBABILITY_RANGE) -> bytes:
+               percentile: float, mode: Mode,
+               output_range: tuple[float, float] | None = PROBABILITY_RANGE,
+               warnings: list[str] | None = None) -> bytes:
     """Full-integer model from `converter` (a float conversion not yet run).
-    `output_range`: the output's fixed range, or None to calibrate it (logits)."""
-    from tensorflow.lite.python.convert import mlir_quantize
-    from tensorflow.lite.tools import flatbuffer_utils
-
+    `output_range`: the output's fixed range, or None to calibrate it (logits).
+    A fallback is noted in `warnings` (the caller may be capturing stderr)."""
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    try:
+        return _with_our_ranges(converter, samples, percentile, mode, output_range)
+    except tf_internals.InternalMissing as e:
+        if warnings is not None:
+            warnings.append(f"{e}. The int8 model is calibrated by the converter instead "
+                            "(plain min/max ranges, no export.calibration_percentile): "
+                            "expect lower int8 accuracy")
+        return _with_converter_ranges(converter, samples, mode)
+
+
+def _with_our_ranges(converter, samples, percentile, mode, output_range) -> bytes:
     # One sample is enough to lay out the min/max slots; ours overwrite them.
     converter.representative_dataset = lambda: iter([[samples[0]]])
-    converter._experimental_calibrate_only = True  # pylint: disable=protected-access
-    float_model = converter.convert()
-    model = flatbuffer_utils.convert_bytearray_to_object(float_model)
+    float_model = tf_internals.calibrate_only(converter)
+    model = tf_internals.read_tflite(float_model)
     graph = model.subgraphs[0]
-    slots = [i for i, t in enumerate(graph.tensors)
-             if t.quantization is not None and t.quantization.min is not None
-             and len(t.quantization.min)]
+    slots = tf_internals.calibration_slots(model)
     # These ranges are what the values mean, not statistics: pinned, so the uint8
     # input's scale and zero point match the normalisation in the metadata.
-    pinned = {graph.inputs[0]: input_range}
+    pinned = {graph.inputs[0]: mode.input_range}
     if output_range is not None:
         pinned[graph.outputs[0]] = output_range
     ranges = record_ranges(float_model, [i for i in slots if i not in pinned],
@@ -125,7 +135,19 @@ def int8_model(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarray]
     # A float output keeps the softmax in float: int8 probabilities come in steps
     # of 1/256, which ties the top classes of an uncertain image (and rounds most
     # of 1000 classes to 0). Same speed: XNNPACK runs the float softmax too.
-    float_ops = ["SOFTMAX"] if output_type == tf.float32 else None
-    return mlir_quantize(bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
-                         input_data_type=input_type, output_data_type=output_type,
-                         denylisted_ops=float_ops)
+    float_ops = ["SOFTMAX"] if mode.output_type == "float32" else None
+    return tf_internals.quantize(tf_internals.write_tflite(model),
+                                 IO_TYPES[mode.input_type], IO_TYPES[mode.output_type],
+                                 float_ops)
+
+
+def _with_converter_ranges(converter, samples, mode: Mode) -> bytes:
+    """The public path: the converter calibrates on the samples itself. Two
+    constant images at the ends of the input's range pin its quantization to
+    what the metadata's normalisation says."""
+    ends = [np.full_like(samples[0], value) for value in mode.input_range]
+    converter.representative_dataset = lambda: ([sample] for sample in [*ends, *samples])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = IO_TYPES[mode.input_type]
+    converter.inference_output_type = IO_TYPES[mode.output_type]
+    return converter.convert()

@@ -17,16 +17,32 @@ import keras
 from keras import layers
 
 from mnv3.config import Config
+from mnv3.export.modes import Mode
 from mnv3.model import build_model
+from mnv3.tf_internals import producer
 
 _LINEAR = (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)
 
 
-def _producer(tensor):
-    return tensor._keras_history.operation
+class TimesSixHardSwish:
+    """Builds 6 * hard_swish(x) as x * relu6(x + 3) for the builder's `hard_swish`,
+    and keeps the layers it made: the rewrite below finds them by identity, so
+    renaming a layer cannot silently break it."""
+
+    def __init__(self):
+        self.products = set()  # ids of the Multiply layers: outputs at 6x
+        self.gates = set()  # ids of the relu6 layers inside: [0, 6], at 1x
+
+    def __call__(self, x, name: str):
+        gate_layer = layers.ReLU(6.0, name=f"{name}_relu6")
+        product = layers.Multiply(name=name)
+        self.gates.add(id(gate_layer))
+        self.products.add(id(product))
+        gate = gate_layer(layers.Rescaling(1.0, offset=3.0, name=f"{name}_shift")(x))
+        return product([x, gate])
 
 
-def _output_scales(model: keras.Model) -> tuple[dict, dict]:
+def _output_scales(model: keras.Model, hard_swish: TimesSixHardSwish) -> tuple[dict, dict]:
     """Where the 6x of 6 * hard_swish goes: {linear layer: the scale of its input}
     (its kernel is divided by it) and {BatchNorm layer: factor} (its gamma and
     beta are multiplied by it).
@@ -43,10 +59,10 @@ def _output_scales(model: keras.Model) -> tuple[dict, dict]:
         if isinstance(layer, layers.InputLayer):
             continue
         inputs = layer.input if isinstance(layer.input, list) else [layer.input]
-        in_scales = [scale.get(_producer(t).name, 1.0) for t in inputs]
-        if isinstance(layer, layers.Multiply) and layer.name.endswith("_act"):
+        in_scales = [scale.get(producer(t).name, 1.0) for t in inputs]
+        if id(layer) in hard_swish.products:
             out = 6.0  # x * relu6(x + 3), x being a 1x BatchNorm output
-        elif isinstance(layer, layers.ReLU) and layer.name.endswith("_relu6"):
+        elif id(layer) in hard_swish.gates:
             out = 1.0  # the [0, 6] gate inside it
         elif isinstance(layer, _LINEAR):
             kernel_input_scale[layer.name], out = in_scales[0], 1.0
@@ -54,7 +70,7 @@ def _output_scales(model: keras.Model) -> tuple[dict, dict]:
             out = max(in_scales)
             for tensor, branch_scale in zip(inputs, in_scales):
                 if branch_scale != out:
-                    branch = _producer(tensor)
+                    branch = producer(tensor)
                     if not isinstance(branch, layers.BatchNormalization):
                         raise ValueError(f"{layer.name}: cannot rescale {branch.name}")
                     bn_factor[branch.name] = out / branch_scale
@@ -64,15 +80,16 @@ def _output_scales(model: keras.Model) -> tuple[dict, dict]:
     return kernel_input_scale, bn_factor
 
 
-def export_graph(trained: keras.Model, cfg: Config, for_int8: bool,
-                 quantized_input: bool = True) -> keras.Model:
-    """A batch-1 copy of `trained` (same weights); with the int8 rewrites if asked
-    (the input scaling stays in the graph when the int8 model takes float input)."""
+def export_graph(trained: keras.Model, cfg: Config, mode: Mode) -> keras.Model:
+    """A batch-1 copy of `trained` (same weights) for `mode`: an integer mode gets
+    the int8 rewrites, and an integer input leaves the input scaling out."""
+    hard_swish = TimesSixHardSwish() if mode.integer else None
+    options = {"hard_swish": hard_swish} if hard_swish else {}
     model = build_model(cfg.model, cfg.data.image_size, cfg.data.num_classes,
                         name=trained.name, batch_size=1,
-                        include_rescaling=not (for_int8 and quantized_input),
-                        hard_swish_times_6=for_int8)
-    kernel_input_scale, bn_factor = _output_scales(model) if for_int8 else ({}, {})
+                        include_rescaling=not mode.quantized_input, **options)
+    kernel_input_scale, bn_factor = _output_scales(model, hard_swish) if hard_swish \
+        else ({}, {})
     for layer in model.layers:
         if not layer.weights:
             continue
@@ -85,10 +102,7 @@ def export_graph(trained: keras.Model, cfg: Config, for_int8: bool,
     return model
 
 
-# What scale_input makes of 0..255: the int8 input's quantization range.
-SCALED_INPUT_RANGE = (-1.0, 1.0)
-
-
 def scale_input(images):
-    """What the int8 graph expects in place of 0..255 pixels (calibration only)."""
+    """What the int8 graph expects in place of 0..255 pixels (calibration only):
+    the same values as the model's `rescale` layer gives, in SCALED_INPUT_RANGE."""
     return images / 127.5 - 1.0

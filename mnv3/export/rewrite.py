@@ -14,15 +14,15 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-from tensorflow.lite.python import schema_py_generated as schema
-from tensorflow.lite.tools import flatbuffer_utils
+
+from mnv3 import tf_internals
 
 
 def _builtin(code) -> int:
     return max(code.builtinCode, code.deprecatedBuiltinCode)
 
 
-def _opcode_index(model, builtin: int, version: int) -> int:
+def _opcode_index(model, schema, builtin: int, version: int) -> int:
     for i, code in enumerate(model.operatorCodes):
         if _builtin(code) == builtin:
             code.version = max(code.version, version)
@@ -38,7 +38,8 @@ def _opcode_index(model, builtin: int, version: int) -> int:
 def uint8_input_through_float(tflite: bytes) -> bytes:
     """`tflite` with its uint8 input's QUANTIZE to int8 split into DEQUANTIZE to
     float32 and QUANTIZE from it; unchanged if it has no such QUANTIZE."""
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite))
+    schema = tf_internals.tflite_schema()
+    model = tf_internals.read_tflite(tflite)
     graph = model.subgraphs[0]
     image = int(graph.inputs[0])
     first = [i for i, op in enumerate(graph.operators) if image in op.inputs]
@@ -58,9 +59,9 @@ def uint8_input_through_float(tflite: bytes) -> bytes:
     as_float_index = len(graph.tensors) - 1
 
     dequantize = schema.OperatorT()
-    dequantize.opcodeIndex = _opcode_index(model, schema.BuiltinOperator.DEQUANTIZE, 1)
+    dequantize.opcodeIndex = _opcode_index(model, schema, schema.BuiltinOperator.DEQUANTIZE, 1)
     dequantize.inputs = np.array([image], np.int32)
     dequantize.outputs = np.array([as_float_index], np.int32)
     quantize.inputs = np.array([as_float_index], np.int32)
     graph.operators.insert(first[0], dequantize)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return tf_internals.write_tflite(model)

@@ -9,6 +9,8 @@ configurable BatchNorm momentum.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import keras
 from keras import layers
 
@@ -39,24 +41,22 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded
 
 
+def keras_hard_swish(x, name: str):
+    """The paper's h-swish, x * relu6(x + 3) / 6, as one Keras layer."""
+    return layers.Activation("hard_swish", name=name)(x)
+
+
 class _Builder:
     """Holds the per-model settings so the block helpers stay short."""
 
-    def __init__(self, cfg: ModelConfig, hard_swish_times_6: bool = False):
+    def __init__(self, cfg: ModelConfig, hard_swish: Callable = keras_hard_swish):
         self.cfg = cfg
-        self.hard_swish_times_6 = hard_swish_times_6
+        self.hard_swish = hard_swish
 
     def activation(self, x, kind: str, name: str):
         if kind == "relu":
             return layers.ReLU(name=name)(x)
-        if self.hard_swish_times_6:
-            # x * relu6(x + 3), i.e. 6 * hard_swish(x): the TFLite converter leaves
-            # it as ADD/RELU6/MUL, fast in int8 (its fused HARD_SWISH is not); the
-            # 1/6 goes into the weights of the next linear layer (export.graph).
-            gate = layers.ReLU(6.0, name=f"{name}_relu6")(
-                layers.Rescaling(1.0, offset=3.0, name=f"{name}_shift")(x))
-            return layers.Multiply(name=name)([x, gate])
-        return layers.Activation("hard_swish", name=name)(x)
+        return self.hard_swish(x, name)
 
     def conv_bn(self, x, filters: int, kernel: int, stride: int, name: str):
         x = layers.Conv2D(filters, kernel, strides=stride, padding="same",
@@ -107,16 +107,18 @@ def block_table(cfg: ModelConfig):
 def build_model(cfg: ModelConfig, image_size: int | None, num_classes: int,
                 name: str | None = None, *, batch_size: int | None = None,
                 include_rescaling: bool = True,
-                hard_swish_times_6: bool = False) -> keras.Model:
+                hard_swish: Callable = keras_hard_swish) -> keras.Model:
     """MobileNetV3 taking RGB images with values 0..255 (float), any size >= 32.
 
     `image_size=None` builds a model that accepts any height and width.
     Outputs class probabilities (or logits with classifier_activation=linear);
     with include_top=False a pooled feature vector, the last feature map, or
     with feature_outputs=True a list of maps at strides 8, 16 and 32.
-    The keyword-only options serve the TFLite export (see mnv3.export.graph).
+    `hard_swish(x, name) -> tensor` builds each h-swish activation (the TFLite
+    export injects a form that quantizes faster, see mnv3.export.graph);
+    `include_rescaling=False` leaves out the 0..255 -> -1..1 input scaling.
     """
-    b = _Builder(cfg, hard_swish_times_6)
+    b = _Builder(cfg, hard_swish)
     blocks = block_table(cfg)
     top_activation = "relu" if cfg.minimalistic else "hard_swish"
     strides_to_remove = cfg.remove_early_strides

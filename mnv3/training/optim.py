@@ -7,6 +7,7 @@ import math
 import keras
 from keras import ops
 
+from mnv3 import tf_internals
 from mnv3.config import TrainConfig
 
 
@@ -72,7 +73,9 @@ class _ScaledLearningRates:
     Adam or RMSprop step, which divides the scale back out."""
 
     def scale_learning_rate(self, variables, scale: float) -> None:
-        """Call after build(): marks `variables` to learn at `scale` x the rate."""
+        """Call after build(): marks `variables` to learn at `scale` x the rate.
+        (It overrides private optimiser hooks: see mnv3.tf_internals.)"""
+        tf_internals.check_optimizer_hooks(type(self))
         self._lr_scale = {self._get_variable_index(v): scale for v in variables}
 
     def _scale_of(self, variable) -> float:
@@ -145,6 +148,10 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
     if cfg.optimizer == "sgd":
         return kind(keras.optimizers.SGD)(schedule, momentum=cfg.momentum,
                                           nesterov=cfg.nesterov, **ema, **clip)
+    if cfg.weight_decay == 0:
+        # The same steps as AdamW at 0, without its decay pass, which evaluates
+        # the learning-rate schedule once per variable (seconds of tracing).
+        return kind(keras.optimizers.Adam)(schedule, **ema, **clip)
     optimizer = kind(keras.optimizers.AdamW)(schedule, weight_decay=cfg.weight_decay,
                                              **ema, **clip)
     # Decoupled decay only on kernels, as the L2 term is for the other optimisers.

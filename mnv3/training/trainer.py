@@ -26,6 +26,7 @@ from mnv3.model.pretrained import Start
 from mnv3.model.layers import with_keras_batch_norm
 from mnv3.files import atomic_path
 from mnv3.training import checkpoints, optim
+from mnv3.training import metrics as metrics_lib
 from mnv3.training.strategy import is_chief
 from mnv3.run_dir import RunDir
 
@@ -85,6 +86,8 @@ class Trainer:
         if cfg.train.ema_decay is not None:
             self.ema = keras.callbacks.SwapEMAWeights()
             self.ema.set_model(_OptimizerHolder(self.optimizer))
+        self.metrics = metrics_lib.classification(cfg.data.num_classes)
+        self.best_metric = "top1"  # picks best.keras (its best value: best_top1)
         self.loss_fn = keras.losses.CategoricalCrossentropy(
             from_logits=cfg.model.classifier_activation == "linear",
             label_smoothing=cfg.train.label_smoothing, reduction=None)
@@ -93,18 +96,22 @@ class Trainer:
         self.eval_step = tf.function(lambda batch: self._on_all_replicas(self._eval_step, batch),
                                      reduce_retracing=True)
         self._probe = None
+        self._probe_scores = tf.function(lambda images: self.model(images, training=False))
+        self._saved_copy = None  # best.keras's model, cloned once (see save_best)
         self._finite_flags = tf.function(lambda: tf.stack(
             [tf.reduce_all(tf.math.is_finite(v)) for v in self._float_variables()]))
-        self.writer = tf.summary.create_file_writer(run_dir.tensorboard) if self.chief \
-            else tf.summary.create_noop_writer()
+        self.writer = None  # made by fit(): an eval run writes nothing
 
     def _make_train_step(self) -> None:
         """(Re)traces the step for the variables that train now."""
         cfg = self.cfg
         self.kernels = optim.decayed_weights(self.model) if optim.uses_l2_loss(cfg.train) else []
-        self.train_step = tf.function(
+        # One step may be XLA-compiled; the loop around it reads an iterator, which
+        # XLA cannot, so it is a function of its own.
+        self._one_step = tf.function(
             lambda batch: self._on_all_replicas(self._train_step, batch),
             jit_compile=cfg.runtime.jit_compile or None)
+        self.train_steps = tf.function(self._train_steps)
 
     def _backbone_variables(self) -> list:
         return [v for layer in self.model.layers if layer.name not in HEAD_LAYERS
@@ -137,17 +144,6 @@ class Trainer:
 
     # --- steps (run on every replica) -------------------------------------------
 
-    def _counts(self, labels, probs, per_example_loss):
-        targets = tf.argmax(labels, axis=-1, output_type=tf.int32)
-        probs = tf.cast(probs, tf.float32)
-        top_k = min(5, self.cfg.data.num_classes)
-        return {
-            "loss": tf.reduce_sum(per_example_loss),
-            "top1": tf.reduce_sum(tf.cast(tf.math.in_top_k(targets, probs, 1), tf.float32)),
-            "top5": tf.reduce_sum(tf.cast(tf.math.in_top_k(targets, probs, top_k), tf.float32)),
-            "count": tf.cast(tf.shape(labels)[0], tf.float32),
-        }
-
     def _train_step(self, images, labels):
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
@@ -160,11 +156,28 @@ class Trainer:
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
-        return self._counts(labels, probs, per_example)
+        return metrics_lib.batch_sums(self.metrics, labels, probs, per_example)
 
     def _eval_step(self, images, labels):
         probs = self.model(tf.cast(images, tf.float32), training=False)
-        return self._counts(labels, probs, self.loss_fn(labels, probs))
+        return metrics_lib.batch_sums(self.metrics, labels, probs, self.loss_fn(labels, probs))
+
+    def _train_steps(self, iterator, steps):
+        """Up to `steps` training steps in one call (traced once; `steps` is a
+        tensor). It stops after a step whose loss is not finite: no further
+        update lands on top of it. Returns the metric sums over the steps taken,
+        how many were taken, and the last loss."""
+        sums = metrics_lib.zeros(self.metrics)
+        taken, loss = tf.constant(0), tf.constant(0.0)
+        for _ in tf.range(steps):
+            out = self._one_step(next(iterator))
+            sums = {k: sums[k] + out[k] for k in sums}
+            taken += 1
+            loss = out["loss"] / out[metrics_lib.COUNT]
+            self.batches_done.assign_add(1)
+            if not tf.math.is_finite(loss):
+                break
+        return sums, taken, loss
 
     def _on_all_replicas(self, step_fn, batch):
         """Runs `step_fn` on every replica and sums its counts across them."""
@@ -242,14 +255,14 @@ class Trainer:
         if self.ema:
             self.ema.on_test_begin()
         try:
-            totals = None
+            sums = metrics_lib.zeros(self.metrics)
             for batch in self.distribute(self.pipeline.eval()):
-                out = self.eval_step(batch)
-                totals = _add(totals, out)
+                out = self.eval_step(batch)  # stays on the device until the end
+                sums = {k: sums[k] + out[k] for k in sums}
         finally:
             if self.ema:
                 self.ema.on_test_end()
-        return _rates(totals)
+        return _rates(sums)
 
     def save_best(self):
         """best.keras (EMA weights when on, Keras' own BatchNorm layers), written
@@ -259,8 +272,13 @@ class Trainer:
         try:
             self._refuse_non_finite("best.keras")
             if self.chief:
+                # Cloning costs more than the save; later saves refill one copy.
+                if self._saved_copy is None:
+                    self._saved_copy = with_keras_batch_norm(self.model)
+                else:
+                    self._saved_copy.set_weights(self.model.get_weights())
                 with atomic_path(self.run_dir.best_model) as tmp:
-                    with_keras_batch_norm(self.model).save(tmp)
+                    self._saved_copy.save(tmp)
         finally:
             if self.ema:
                 self.ema.on_test_end()
@@ -305,7 +323,7 @@ class Trainer:
     def _refuse_non_finite(self, what: str) -> None:
         bad = self._non_finite_variable()
         if bad is None and self._probe is not None:
-            scores = self.model(self._probe, training=False)
+            scores = self._probe_scores(self._probe)
             if not bool(tf.reduce_all(tf.math.is_finite(tf.cast(scores, tf.float32)))):
                 bad = "the model's outputs"
         if bad is not None:
@@ -322,6 +340,8 @@ class Trainer:
 
     def fit(self):
         cfg = self.cfg.train
+        self.writer = tf.summary.create_file_writer(self.run_dir.tensorboard) \
+            if self.chief else tf.summary.create_noop_writer()
         resumed = self.restore(set_aside_damaged=True)
         if resumed:
             self._check_data_layout()
@@ -366,61 +386,86 @@ class Trainer:
     def _train_epoch(self, epoch: int):
         cfg, spe = self.cfg.train, self.steps_per_epoch
         self._set_phase(epoch)
-        done_in_epoch = int(self.batches_done.numpy()) - epoch * spe
-        ds = self.pipeline.train(epoch).repeat().take(spe).skip(max(done_in_epoch, 0))
-        progress = keras.utils.Progbar(spe, stateful_metrics=["loss", "top1", "lr"]) \
+        in_epoch = int(self.batches_done.numpy()) - epoch * spe  # > 0 after a resume
+        ds = self.pipeline.train(epoch).repeat().take(spe).skip(max(in_epoch, 0))
+        iterator = iter(self.distribute(ds))
+        progress = keras.utils.Progbar(spe, stateful_metrics=self._progress_names()) \
             if sys.stdout.isatty() and self.chief else None
-        totals, started, images = None, time.perf_counter(), 0
-        for batch in self.distribute(ds):
-            out = {k: float(v) for k, v in self.train_step(batch).items()}
-            step = int(self.batches_done.assign_add(1).numpy())
-            if not np.isfinite(out["loss"]):
+        sums, started = metrics_lib.zeros(self.metrics), time.perf_counter()
+        while in_epoch < spe:
+            steps = tf.constant(self._steps_now(epoch, in_epoch))
+            chunk, taken, loss = self.train_steps(iterator, steps)
+            sums = {k: sums[k] + chunk[k] for k in sums}  # on the device: no wait
+            in_epoch += int(taken)  # the one wait per call
+            step = epoch * spe + in_epoch
+            if not np.isfinite(float(loss)):
                 raise UserError(
-                    f"the training loss became {out['loss']} at step {step} (epoch "
+                    f"the training loss became {float(loss)} at step {step} (epoch "
                     f"{epoch + 1}); stopped. {self._last_good()} (try a lower "
                     "train.learning_rate or set train.clip_grad_norm)")
-            totals = _add(totals, out)
-            images += out["count"]
-            rates = _rates(totals, "training")
-            lr = float(self._learning_rate())
-            in_epoch = step - epoch * spe
-            if progress:
-                progress.update(in_epoch, [("loss", rates["loss"]), ("top1", rates["top1"]),
-                                           ("lr", lr)])
-            elif self.chief and (in_epoch % cfg.log_every_steps == 0 or in_epoch == spe):
-                say(f"epoch {epoch + 1}/{cfg.epochs} step {in_epoch}/{spe}: loss "
-                    f"{rates['loss']:.4f} top1 {rates['top1']:.4f} lr {lr:.3g}")
-            if in_epoch % cfg.log_every_steps == 0:
-                with self.writer.as_default(step=step):
-                    tf.summary.scalar("train/loss", rates["loss"])
-                    tf.summary.scalar("train/top1", rates["top1"])
-                    tf.summary.scalar("train/learning_rate", lr)
+            if progress or in_epoch % cfg.log_every_steps == 0 or in_epoch == spe:
+                self._log_progress(epoch, in_epoch, step, _rates(sums, "training"), progress)
             if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 \
                     and in_epoch < spe:
                 self.save_checkpoint(step)
-        seconds = time.perf_counter() - started
+        self._end_epoch(epoch, _rates(sums, "training"), time.perf_counter() - started,
+                        progress)
+
+    def _steps_now(self, epoch: int, in_epoch: int) -> int:
+        """Steps for the next call: steps_per_execution, but never past the next
+        log line, in-epoch checkpoint or the epoch's end."""
+        cfg, spe = self.cfg.train, self.steps_per_epoch
+        step = epoch * spe + in_epoch
+        until = [cfg.steps_per_execution, spe - in_epoch,
+                 cfg.log_every_steps - in_epoch % cfg.log_every_steps]
+        if cfg.checkpoint_every_steps:
+            until.append(cfg.checkpoint_every_steps - step % cfg.checkpoint_every_steps)
+        return min(until)
+
+    def _progress_names(self) -> list[str]:
+        return [m.name for m in self.metrics if m.on_progress_line] + ["lr"]
+
+    def _log_progress(self, epoch: int, in_epoch: int, step: int, rates: dict,
+                      progress) -> None:
+        cfg = self.cfg.train
+        lr = float(self._learning_rate())
+        shown = [(m.name, rates[m.name]) for m in self.metrics if m.on_progress_line]
+        if progress:
+            progress.update(in_epoch, shown + [("lr", lr)])
+        elif self.chief:
+            say(f"epoch {epoch + 1}/{cfg.epochs} step {in_epoch}/{self.steps_per_epoch}: "
+                + " ".join(f"{name} {value:.4f}" for name, value in shown) + f" lr {lr:.3g}")
+        if in_epoch % cfg.log_every_steps == 0:
+            with self.writer.as_default(step=step):
+                for m in self.metrics:
+                    tf.summary.scalar(f"train/{m.name}", rates[m.name])
+                tf.summary.scalar("train/learning_rate", lr)
+
+    def _end_epoch(self, epoch: int, train_rates: dict, seconds: float, progress) -> None:
+        """Evaluates, keeps the best model, checkpoints and records the epoch."""
+        cfg = self.cfg.train
         record = {"epoch": epoch + 1, "step": int(self.batches_done.numpy()),
                   "lr": float(self._learning_rate()),
-                  **{f"train_{k}": v for k, v in _rates(totals, "training").items()},
-                  "images_per_sec": round(images / max(seconds, 1e-9), 1),
+                  **{f"train_{k}": v for k, v in train_rates.items()},
+                  "images_per_sec": round(train_rates["images"] / max(seconds, 1e-9), 1),
                   "seconds": round(seconds, 1)}
         if cfg.mode == "train_and_eval":
             metrics = self.evaluate()
             record.update({f"eval_{k}": v for k, v in metrics.items()})
-            improved = metrics["top1"] > float(self.best_top1.numpy())
+            improved = metrics[self.best_metric] > float(self.best_top1.numpy())
         else:
             improved = True  # no eval data to choose by: keep the latest
         if improved:
             self.save_best()
-            self.best_top1.assign(record.get("eval_top1", 0.0))
+            self.best_top1.assign(record.get(f"eval_{self.best_metric}", 0.0))
         self.epochs_done.assign(epoch + 1)
         self.save_checkpoint(record["step"])
         if self.chief:
             self.run_dir.append_metrics(record)
             with self.writer.as_default(step=record["step"]):
-                for key in ("eval_loss", "eval_top1", "eval_top5"):
-                    if key in record:
-                        tf.summary.scalar(key.replace("_", "/", 1), record[key])
+                for m in self.metrics:
+                    if f"eval_{m.name}" in record:
+                        tf.summary.scalar(f"eval/{m.name}", record[f"eval_{m.name}"])
             self.writer.flush()
             if progress:
                 print()
@@ -440,15 +485,8 @@ class Trainer:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
 
-def _add(totals, out):
-    if totals is None:
-        return {k: float(v) for k, v in out.items()}
-    return {k: totals[k] + float(v) for k, v in out.items()}
-
-
-def _rates(totals, what: str = "evaluation") -> dict:
-    if not totals or totals["count"] == 0:
+def _rates(sums: dict, what: str = "evaluation") -> dict:
+    rates = metrics_lib.rates(sums)
+    if rates["images"] == 0:
         raise UserError(f"no {what} images could be read (did every one fail to decode?)")
-    n = totals["count"]
-    return {"loss": totals["loss"] / n, "top1": totals["top1"] / n,
-            "top5": totals["top5"] / n, "images": int(n)}
+    return rates

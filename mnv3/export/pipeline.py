@@ -1,0 +1,181 @@
+"""TFLite export of a trained run, in three steps: collect the calibration and
+eval images, export each mode (convert, add metadata, check, evaluate, time),
+and report. `run(cfg, model_dir)` does them all and publishes model_dir/export/."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import shutil
+
+import numpy as np
+
+from mnv3.config import Config
+from mnv3.errors import UserError
+from mnv3.export.modes import Mode
+from mnv3.files import (make_staging_dir, publish_directory, recover_directory,
+                        write_atomically)
+
+STAGING = ".export-new-"
+
+
+def run(cfg: Config, model_dir: str) -> dict:
+    """Exports every mode in cfg.export.quant; returns the report. The files are
+    built and checked in a staging folder, then replace export/ as one set."""
+    from mnv3.export import modes
+    from mnv3.export.report import format_table, write_report
+    from mnv3.run_dir import RunDir
+
+    run_dir = RunDir(model_dir)
+    trained, labels = _load_trained(run_dir, cfg)
+    if os.path.exists(run_dir.export) and not os.path.isdir(run_dir.export):
+        raise UserError(f"{run_dir.export}: in the way of the export directory "
+                        "(a file, not a directory)")
+    if not os.access(model_dir, os.W_OK):
+        raise UserError(f"{model_dir}: not writable, cannot export")
+    with run_dir.export_lock():
+        recover_directory(run_dir.export)
+        for stale in glob.glob(os.path.join(glob.escape(model_dir), STAGING + "*")):
+            shutil.rmtree(stale, ignore_errors=True)  # a killed export's leftovers
+        staging = make_staging_dir(model_dir, STAGING)
+        try:
+            data = collect(cfg)
+            target = Target(trained, cfg, labels, staging)
+            keras, keras_pred = keras_row(target, data, run_dir.best_model)
+            rows = [keras] + [export_mode(target, mode, data, keras_pred)
+                              for mode in modes.from_config(cfg.export)]
+            write_atomically(os.path.join(staging, "labels.txt"), "\n".join(labels) + "\n")
+            report = {"model": target.name, "eval_images": int(len(data.targets)),
+                      "threads": cfg.export.threads, "rows": rows}
+            write_report(report, staging)
+            publish_directory(staging, run_dir.export)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    print(format_table(report))
+    return report
+
+
+def _load_trained(run_dir, cfg: Config):
+    from mnv3.model.saved import load_keras_file
+
+    if not os.path.isdir(run_dir.path):
+        raise UserError(f"{run_dir.path}: model_dir not found")
+    if not os.path.exists(run_dir.best_model):
+        raise UserError(f"{run_dir.path}: no best.keras (train first: python train.py "
+                        f"--config ... --model_dir {run_dir.path})")
+    if not os.path.exists(run_dir.labels):
+        raise UserError(f"{run_dir.labels}: missing (written by train.py)")
+    damaged = (f"{run_dir.best_model}: damaged or not a Keras model file; rerun train.py "
+               "on the run to rewrite it from its checkpoints")
+    model = load_keras_file(run_dir.best_model, damaged)
+    for weight in model.weights:
+        if not np.all(np.isfinite(weight.numpy())):
+            raise UserError(f"{run_dir.best_model}: non-finite values in {weight.path}; "
+                            "this model cannot be exported (retrain it)")
+    labels = run_dir.read_labels(expected=model.output.shape[-1])
+    expected = (cfg.data.image_size, cfg.data.image_size, 3)
+    if tuple(model.input.shape[1:]) != expected or len(labels) != cfg.data.num_classes:
+        raise UserError(f"{run_dir.best_model}: model takes {tuple(model.input.shape[1:])} "
+                        f"and gives {model.output.shape[-1]} classes, but the config says "
+                        f"{expected} and {cfg.data.num_classes} ({len(labels)} labels)")
+    return model, labels
+
+
+# --- 1. the images -----------------------------------------------------------------
+
+@dataclasses.dataclass
+class EvalData:
+    calibration: list  # HxWx3 float32 pixels 0..255, one per calibration step
+    images: np.ndarray  # NxHxWx3 float32 pixels 0..255
+    targets: np.ndarray  # N class indices
+
+
+def collect(cfg: Config) -> EvalData:
+    """Calibration images from the training data, eval images from the eval data."""
+    from mnv3.data import make_pipeline, user_errors_from_data
+
+    pipeline = make_pipeline(cfg)
+    with user_errors_from_data(pipeline):
+        calibration = [x.numpy().astype(np.float32)
+                       for x in pipeline.calibration(cfg.export.calibration_steps)]
+        if not calibration:
+            raise UserError("no calibration images could be read from the training data")
+        images, targets = [], []
+        for batch, onehot in pipeline.eval(batch_size=64):
+            images.append(batch.numpy())
+            targets.append(np.argmax(onehot.numpy(), axis=-1))
+            if cfg.export.eval_images and sum(map(len, images)) >= cfg.export.eval_images:
+                break
+    if not images:
+        raise UserError("no evaluation images could be read")
+    return EvalData(calibration,
+                    np.concatenate(images)[:cfg.export.eval_images].astype(np.float32),
+                    np.concatenate(targets)[:cfg.export.eval_images])
+
+
+# --- 2. each mode ------------------------------------------------------------------
+
+class Target:
+    """The trained model and what every exported file of it shares."""
+
+    def __init__(self, trained, cfg: Config, labels: list[str], out_dir: str):
+        self.trained, self.cfg, self.labels, self.out_dir = trained, cfg, labels, out_dir
+        self.name = f"{trained.name}_{cfg.data.image_size}"
+        # train.epochs 0: the starting weights as they are, not a model trained here.
+        origin = (f"the {cfg.model.init_from} weights as they are, exported with mnv3"
+                  if cfg.train.epochs == 0 else "trained with mnv3")
+        self.description = (f"MobileNetV3-{cfg.model.variant.capitalize()} (alpha "
+                            f"{cfg.model.alpha}) image classifier, {len(labels)} classes, "
+                            f"{origin}.")
+
+
+def keras_row(target: Target, data: EvalData, best_model: str) -> tuple[dict, np.ndarray]:
+    """The trained Keras model's row, and its predictions: the reference every
+    mode is compared with."""
+    scores = target.trained.predict(data.images, batch_size=64, verbose=0)
+    if not np.all(np.isfinite(scores)):
+        raise UserError(f"{best_model}: gives non-finite scores on the eval images; "
+                        "this model cannot be exported (retrain it)")
+    pred = np.argmax(scores, axis=-1)
+    return {"mode": "keras", "file": os.path.basename(best_model),
+            "size_mb": round(os.path.getsize(best_model) / 2**20, 2),
+            "top1": float(np.mean(pred == data.targets)), "agreement": 1.0,
+            "latency_ms": None}, pred
+
+
+def export_mode(target: Target, mode: Mode, data: EvalData, keras_pred: np.ndarray) -> dict:
+    """Converts, labels, checks and evaluates one mode; returns its report row."""
+    from mnv3.export.calibrate import PROBABILITY_RANGE
+    from mnv3.export.check import check_out_of_process
+    from mnv3.export.convert import convert
+    from mnv3.export.evaluate import Classifier
+    from mnv3.export.graph import export_graph, scale_input
+    from mnv3.export.metadata import add_metadata
+
+    cfg = target.cfg
+    graph = export_graph(target.trained, cfg, mode)
+    samples = [(scale_input(x) if mode.quantized_input else x)[None]
+               for x in data.calibration] if mode.integer else []
+    tflite = convert(graph, mode, samples, percentile=cfg.export.calibration_percentile,
+                     output_range=(PROBABILITY_RANGE
+                                   if cfg.model.classifier_activation == "softmax" else None))
+    mean, std = mode.normalization
+    tflite = add_metadata(tflite, name=target.name, description=target.description,
+                          labels=target.labels, mean=mean, std=std)
+    path = os.path.join(target.out_dir, f"{target.name}_{mode.name}.tflite")
+    write_atomically(path, tflite)
+    # In another process first: a crash there fails the export, not this one.
+    check_out_of_process(path, data.images[:4], len(target.labels))
+    classifier = Classifier(tflite, threads=cfg.export.threads)
+    types = (np.dtype(classifier.input["dtype"]).name, np.dtype(classifier.output["dtype"]).name)
+    if types != (mode.input_type, mode.output_type):
+        raise UserError(f"{os.path.basename(path)}: the converter gave {types[0]} input and "
+                        f"{types[1]} output, not the {mode.input_type} / {mode.output_type} "
+                        f"that {mode.name} means; not published")
+    pred = np.array([np.argmax(classifier(x)) for x in data.images])
+    return {"mode": mode.name, "file": os.path.basename(path),
+            "size_mb": round(len(tflite) / 2**20, 2),
+            "top1": float(np.mean(pred == data.targets)),
+            "agreement": float(np.mean(pred == keras_pred)),
+            "latency_ms": round(classifier.latency_ms(cfg.export.latency_runs), 3)}

@@ -1,0 +1,131 @@
+"""Top-k classes for your own photos, from an exported .tflite, a best.keras or a
+run directory, prepared as an app prepares them.
+
+A .tflite runs through MediaPipe's ImageClassifier itself: the code path the
+README's Android example uses, resizing included, so its scores are the app's.
+A Keras model gets the same preprocessing from resize_like_mediapipe: the
+whole photo stretched to the input size, bilinear in OpenCV 4's fixed point
+(1/32-pixel positions, 15-bit weights), raw 0..255 pixels in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from mnv3.errors import UserError
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """HxWx3 uint8 RGB pixels of an image file (JPEG, PNG, BMP, GIF's first frame)."""
+    import tensorflow as tf
+
+    try:
+        data = tf.io.read_file(path)
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    except tf.errors.NotFoundError:
+        raise UserError(f"{path}: not found") from None
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+        raise UserError(f"{path}: cannot be decoded as an image") from None
+    return image.numpy()
+
+
+def resize_like_mediapipe(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`image` (HxWx3 uint8) stretched to height x width as MediaPipe's CPU
+    preprocessing does (OpenCV's bilinear warp, edge pixels repeated). Bit for
+    bit the same, except where a source position falls exactly halfway between
+    two 1/32-pixel steps: OpenCV rounds those by the floating-point noise in its
+    warp matrix, and a pixel there can differ by 1/32 of the step to its
+    neighbour (tests/test_predict.py measures it)."""
+    def sample_points(n_out: int, n_in: int):
+        steps = (np.rint(np.arange(n_out) * (n_in / n_out) * 1024).astype(np.int64) + 16) >> 5
+        first = steps >> 5
+        return (np.clip(first, 0, n_in - 1), np.clip(first + 1, 0, n_in - 1),
+                (steps & 31).astype(np.int64))
+
+    y0, y1, fy = sample_points(height, image.shape[0])
+    x0, x1, fx = sample_points(width, image.shape[1])
+    fy, fx = fy[:, None, None], fx[None, :, None]
+    pixels = image.astype(np.int64)
+    total = (pixels[y0][:, x0] * (32 - fy) * (32 - fx) + pixels[y0][:, x1] * (32 - fy) * fx
+             + pixels[y1][:, x0] * fy * (32 - fx) + pixels[y1][:, x1] * fy * fx) * 32
+    return np.clip((total + (1 << 14)) >> 15, 0, 255).astype(np.uint8)
+
+
+@dataclasses.dataclass
+class Prediction:
+    image: str
+    top: list  # [(class index, label, score)], best first
+
+
+class Model:
+    """A classifier from a .tflite, a .keras file or a run directory, with its
+    labels: predict() gives the top classes for an image file."""
+
+    def __init__(self, path: str):
+        if os.path.isdir(path):
+            path = os.path.join(path, "best.keras")
+            if not os.path.exists(path):
+                raise UserError(f"{os.path.dirname(path)}: no best.keras in this run "
+                                "directory (train it first)")
+        if not os.path.exists(path):
+            raise UserError(f"{path}: not found")
+        self._mediapipe = None
+        if path.endswith(".tflite"):
+            self._load_tflite(path)
+        elif path.endswith(".keras"):
+            self._load_keras(path)
+        else:
+            raise UserError(f"{path}: not a .tflite, .keras or run directory")
+
+    def _load_tflite(self, path: str) -> None:
+        from mediapipe.tasks import python as mp_tasks
+        from mediapipe.tasks.python import vision
+
+        from mnv3.export.metadata import associated_files
+
+        with open(path, "rb") as f:
+            labels = associated_files(f.read()).get("labels.txt", b"").decode("utf-8")
+        self.labels = labels.splitlines()
+        options = vision.ImageClassifierOptions(
+            base_options=mp_tasks.BaseOptions(model_asset_path=os.path.abspath(path)),
+            max_results=-1)
+        try:
+            self._mediapipe = vision.ImageClassifier.create_from_options(options)
+        except (RuntimeError, ValueError) as e:
+            raise UserError(f"{path}: MediaPipe cannot load it "
+                            f"({str(e).strip().splitlines()[0][:200]})") from None
+
+    def _load_keras(self, path: str) -> None:
+        from mnv3.model.saved import load_keras_file
+
+        model = load_keras_file(path, f"{path}: damaged or not a Keras model file")
+        _, self.height, self.width, _ = model.input.shape
+        if self.height is None:
+            raise UserError(f"{path}: the model takes any size; predict needs a fixed one")
+        labels_file = os.path.join(os.path.dirname(path), "labels.txt")
+        self.labels = []
+        if os.path.exists(labels_file):
+            with open(labels_file, encoding="utf-8") as f:
+                self.labels = f.read().splitlines()
+        self._keras = model
+
+    def predict(self, path: str, top_k: int) -> Prediction:
+        image = read_rgb(path)
+        if self._mediapipe is not None:
+            import mediapipe as mp
+
+            result = self._mediapipe.classify(
+                mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)))
+            best = result.classifications[0].categories[:top_k]
+            return Prediction(path, [(c.index, self._label(c.index), float(c.score))
+                                     for c in best])
+        pixels = resize_like_mediapipe(image, self.height, self.width)
+        scores = self._keras(pixels[None].astype(np.float32), training=False).numpy()[0]
+        best = np.argsort(-scores, kind="stable")[:top_k]
+        return Prediction(path, [(int(i), self._label(i), float(scores[i])) for i in best])
+
+    def _label(self, index) -> str:
+        return self.labels[index] if index < len(self.labels) else str(index)

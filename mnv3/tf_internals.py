@@ -1,0 +1,213 @@
+"""Every private TensorFlow, Keras and LiteRT API that mnv3 uses, and only here.
+
+Checked against the versions in CHECKED (those pinned in requirements.txt). An
+upgrade may remove or change any of them without notice, so each use checks
+what it relies on and raises InternalMissing, naming the internal and the
+version to pin, rather than produce a silently different model. Callers with a
+public way round it (the int8 export: the converter's own calibration) fall
+back to that with a warning; the others stop with the error.
+
+    python -m mnv3.tf_internals   # lists each internal: present, or what is wrong
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+
+from mnv3.errors import UserError
+
+CHECKED = {"tensorflow": "2.21.0", "keras": "3.15.1", "ai-edge-litert": "2.3.0"}
+
+
+class InternalMissing(UserError):
+    """A private API that this TensorFlow or Keras lacks or has changed."""
+
+    def __init__(self, internal: str, why: str):
+        import keras
+        import tensorflow as tf
+
+        self.internal = internal
+        checked = ", ".join(f"{name}=={version}" for name, version in CHECKED.items())
+        super().__init__(
+            f"{internal} {why} in tensorflow {tf.__version__} / keras {keras.__version__}; "
+            f"mnv3 was checked with {checked}: pin those (pip install -r requirements.txt)")
+
+
+# --- .tflite flatbuffers: the schema's object API --------------------------------
+# For editing a converted model (mnv3.export.rewrite) and reading its calibration
+# slots (mnv3.export.calibrate). The same schema ships with mediapipe, but only
+# TensorFlow's has the object API (ModelT) that can be changed and written back.
+
+def tflite_schema():
+    """TensorFlow's generated .tflite schema module (BuiltinOperator, TensorType, ...)."""
+    try:
+        from tensorflow.lite.python import schema_py_generated
+    except ImportError:
+        raise InternalMissing("tensorflow.lite.python.schema_py_generated",
+                              "cannot be imported") from None
+    for name in ("ModelT", "OperatorT", "OperatorCodeT", "BufferT", "BuiltinOperator",
+                 "TensorType"):
+        if not hasattr(schema_py_generated, name):
+            raise InternalMissing("tensorflow.lite.python.schema_py_generated",
+                                  f"has no {name}")
+    return schema_py_generated
+
+
+def _flatbuffer_utils():
+    try:
+        from tensorflow.lite.tools import flatbuffer_utils
+    except ImportError:
+        raise InternalMissing("tensorflow.lite.tools.flatbuffer_utils",
+                              "cannot be imported") from None
+    for name in ("convert_bytearray_to_object", "convert_object_to_bytearray"):
+        if not hasattr(flatbuffer_utils, name):
+            raise InternalMissing("tensorflow.lite.tools.flatbuffer_utils", f"has no {name}")
+    return flatbuffer_utils
+
+
+def read_tflite(tflite: bytes):
+    """A .tflite as an editable schema ModelT."""
+    return _flatbuffer_utils().convert_bytearray_to_object(bytearray(tflite))
+
+
+def write_tflite(model) -> bytes:
+    return bytes(_flatbuffer_utils().convert_object_to_bytearray(model))
+
+
+# --- The converter's quantizer, fed with ranges we record ourselves -------------
+# The same two entry points TensorFlow's QuantizationDebugger uses: a
+# calibrate-only conversion gives the float model with a min/max slot on every
+# tensor to quantize; mlir_quantize turns the ranges written there into int8.
+
+_CALIBRATE_ONLY = "TFLiteConverter._experimental_calibrate_only"
+_QUANTIZE = "tensorflow.lite.python.convert.mlir_quantize"
+
+
+def calibrate_only(converter) -> bytes:
+    """The float model with empty min/max slots (the converter must already hold a
+    representative_dataset; one sample is enough to lay the slots out)."""
+    if not hasattr(converter, "_experimental_calibrate_only"):
+        raise InternalMissing(_CALIBRATE_ONLY, "does not exist")
+    converter._experimental_calibrate_only = True  # pylint: disable=protected-access
+    try:
+        calibrated = converter.convert()
+    finally:  # the converter stays usable for a plain conversion
+        converter._experimental_calibrate_only = False  # pylint: disable=protected-access
+    if not calibration_slots(read_tflite(calibrated)):
+        raise InternalMissing(_CALIBRATE_ONLY, "gave a model without min/max slots")
+    return calibrated
+
+
+def calibration_slots(model) -> list[int]:
+    """Indices of the tensors of subgraph 0 that carry a min/max slot."""
+    return [i for i, t in enumerate(model.subgraphs[0].tensors)
+            if t.quantization is not None and t.quantization.min is not None
+            and len(t.quantization.min)]
+
+
+def _mlir_quantize():
+    try:
+        from tensorflow.lite.python.convert import mlir_quantize
+    except ImportError:
+        raise InternalMissing(_QUANTIZE, "does not exist") from None
+    missing = {"input_data_type", "output_data_type", "denylisted_ops"} - \
+        set(inspect.signature(mlir_quantize).parameters)
+    if missing:
+        raise InternalMissing(_QUANTIZE, f"takes no {', '.join(sorted(missing))}")
+    return mlir_quantize
+
+
+def quantize(calibrated: bytes, input_type, output_type, float_ops) -> bytes:
+    """The int8 model from a calibrate-only model whose min/max slots hold our
+    ranges; `float_ops`: op names left in float (None: none)."""
+    return _mlir_quantize()(calibrated, input_data_type=input_type,
+                            output_data_type=output_type, denylisted_ops=float_ops)
+
+
+# --- Keras: which layer made a symbolic tensor ----------------------------------
+# Walking a functional model's graph (mnv3.export.graph) needs each input
+# tensor's producer; Keras 3 keeps it only in the private _keras_history.
+
+def producer(tensor):
+    """The layer whose output `tensor` (a symbolic Keras tensor) is."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None or not hasattr(history, "operation"):
+        raise InternalMissing("KerasTensor._keras_history.operation", "does not exist")
+    return history.operation
+
+
+# --- Keras optimisers: the hooks a per-variable learning rate overrides ----------
+# mnv3.training.optim gives the backbone a lower rate by overriding two of the
+# optimiser's private methods (Keras has no parameter groups).
+
+OPTIMIZER_HOOKS = ("_get_variable_index", "_use_weight_decay")
+
+
+def check_optimizer_hooks(optimizer_class) -> None:
+    for name in OPTIMIZER_HOOKS:
+        if not callable(getattr(optimizer_class, name, None)):
+            raise InternalMissing(f"keras.optimizers.Optimizer.{name}", "does not exist")
+
+
+# --- LiteRT: the interpreter's list of ops -----------------------------------------
+# The public API lists tensors only; tests and the op profiler need the ops.
+
+def interpreter_ops(interpreter) -> list[dict]:
+    """The ops of a LiteRT Interpreter in execution order (op_name, inputs, outputs)."""
+    ops = getattr(interpreter, "_get_ops_details", None)
+    if ops is None:
+        raise InternalMissing("ai_edge_litert Interpreter._get_ops_details", "does not exist")
+    return ops()
+
+
+def problems() -> dict[str, str]:
+    """{internal: what is wrong} for every internal above; empty when all work."""
+    import keras
+
+    checks = {
+        "tensorflow.lite.python.schema_py_generated": tflite_schema,
+        "tensorflow.lite.tools.flatbuffer_utils": _flatbuffer_utils,
+        _QUANTIZE: _mlir_quantize,
+        _CALIBRATE_ONLY: _check_calibrate_only,
+        "KerasTensor._keras_history.operation":
+            lambda: producer(keras.layers.ReLU()(keras.Input((1,)))),
+        "keras.optimizers.Optimizer hooks":
+            lambda: check_optimizer_hooks(keras.optimizers.Optimizer),
+        "ai_edge_litert Interpreter._get_ops_details": _check_interpreter_ops,
+    }
+    found = {}
+    for name, check in checks.items():
+        try:
+            check()
+        except InternalMissing as e:
+            found[name] = str(e)
+    return found
+
+
+def _check_interpreter_ops() -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    if not callable(getattr(Interpreter, "_get_ops_details", None)):
+        raise InternalMissing("ai_edge_litert Interpreter._get_ops_details", "does not exist")
+
+
+def _check_calibrate_only() -> None:
+    import tensorflow as tf
+
+    # The attribute is set per instance, in the converter's constructor.
+    module = tf.Module()
+    module.add_one = tf.function(lambda x: x + 1.0,
+                                 input_signature=[tf.TensorSpec([1], tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.add_one.get_concrete_function()], module)
+    if not hasattr(converter, "_experimental_calibrate_only"):
+        raise InternalMissing(_CALIBRATE_ONLY, "does not exist")
+
+
+if __name__ == "__main__":
+    wrong = problems()
+    for name, why in wrong.items():
+        print(f"{name}: {why}")
+    print("all private APIs present" if not wrong else f"{len(wrong)} missing or changed")
+    sys.exit(1 if wrong else 0)
