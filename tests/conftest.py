@@ -18,6 +18,14 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 
+def pytest_collection_modifyitems(items):
+    """The tests that need a shared trained run go first: under pytest-xdist one
+    worker builds it while the other starts on the rest, instead of waiting."""
+    shared = {"learned_run", "exported", "pretrained_run"}
+    items.sort(key=lambda item: 0 if shared & set(item.fixturenames)
+               else 1 if item.get_closest_marker("slow") else 2)
+
+
 def pytest_configure(config):
     # Keras 3.15 calls np.array() on TF tensors in a way numpy 2 deprecates; it
     # repeats thousands of times per run and hides real warnings.
@@ -139,6 +147,20 @@ def learned_run(tmp_path_factory):
 
     return shared_directory(tmp_path_factory, "learned_run",
                             lambda path: run(tiny_cfg(*LEARN), str(path)))
+
+
+# 256 training images: 8 steps of 32 per epoch, a checkpoint every 4 steps.
+SMALL = ["data.synthetic_images=320", "train.checkpoint_every_steps=4",
+         "train.keep_checkpoints=3"]
+
+
+@pytest.fixture(scope="session")
+def safety_run(tmp_path_factory):
+    """tiny_cfg(*SMALL) trained 2 epochs: checkpoints ckpt-8, ckpt-12 and ckpt-16."""
+    from mnv3.training import run
+
+    return shared_directory(tmp_path_factory, "safety_run", lambda path: run(
+        tiny_cfg(*SMALL, "train.epochs=2"), str(path)))
 
 
 EXPORT = ["export.quant=[float32, fp16, dynamic, int8]", "export.calibration_steps=64",

@@ -324,7 +324,8 @@ def test_published_imagenet_model_exports_with_imagenet_labels(tmp_path, monkeyp
     assert len(labels) == 1001 and labels[:2] == ["tench", "goldfish"]
     assert labels[217] == "English springer"
     assert os.path.exists(model_dir / "init_from.json")
-    result = call_cli(cli.export, "--model_dir", str(model_dir), "--quant", "float32")
+    result = call_cli(cli.export, "--model_dir", str(model_dir), "--quant", "float32",
+                      "--set", "export.latency_runs=2")
     assert result.returncode == 0, result.stderr[-2000:]
     from mnv3.export.metadata import associated_files, read_metadata
 

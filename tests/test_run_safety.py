@@ -15,25 +15,14 @@ from mnv3.errors import UserError
 from mnv3.run_dir import RunDir
 from mnv3.training import checkpoints
 from mnv3.training import run as train_run
-from tests.conftest import read_metrics, shared_directory, tiny_cfg, train_cli, train_here
+from tests.conftest import SMALL, read_metrics, tiny_cfg, train_cli, train_here
 
 pytestmark = pytest.mark.slow  # every test here trains
 
-# 256 training images: 8 steps of 32 per epoch, a checkpoint every 4 steps.
-SMALL = ["data.synthetic_images=320", "train.checkpoint_every_steps=4",
-         "train.keep_checkpoints=3"]
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    return shared_directory(tmp_path_factory, "safety_run", lambda path: train_run(
-        tiny_cfg(*SMALL, "train.epochs=2"), str(path)))
-
-
 @pytest.fixture
-def run_copy(trained, tmp_path):
+def run_copy(safety_run, tmp_path):
     model_dir = tmp_path / "run"
-    shutil.copytree(trained, model_dir)
+    shutil.copytree(safety_run, model_dir)
     return model_dir
 
 
