@@ -403,3 +403,18 @@ def test_fixed_class_list_only_names_tfds_labels():
     with pytest.raises(config_lib.ConfigError, match="imagenet has 1000 classes"):
         config_lib.load(None, ["data.classes=imagenet", "data.source=folder",
                                "data.train_dir=x"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("good_eval_dir, what", [(False, "evaluation"), (True, "training")])
+def test_data_that_never_decodes_is_one_line(tmp_path, good_eval_dir, what):
+    from mnv3.training import run
+
+    for name in ("cat", "dog"):
+        os.makedirs(tmp_path / "imgs" / name)
+        for i in range(8):
+            (tmp_path / "imgs" / name / f"{i}.png").write_bytes(broken_png())
+    extra = [f"data.eval_dir={make_folder(tmp_path / 'good')}"] if good_eval_dir else []
+    cfg = folder_cfg(tmp_path / "imgs", "model.alpha=0.35", "train.epochs=1", *extra)
+    with pytest.raises(UserError, match=f"no {what} images could be read"):
+        run(cfg, str(tmp_path / "run"))

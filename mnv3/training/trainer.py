@@ -355,7 +355,11 @@ class Trainer:
             say(self.start.summary())
         # A few fixed images: before any save, the model must give finite scores
         # on them (weights can be finite yet so large that outputs are not).
-        self._probe = tf.cast(next(iter(self.pipeline.eval(batch_size=8)))[0], tf.float32)
+        first = next(iter(self.pipeline.eval(batch_size=8)), None)
+        if first is None:
+            raise UserError("no evaluation images could be read (did every one fail to "
+                            "decode?)")
+        self._probe = tf.cast(first[0], tf.float32)
         spe = self.steps_per_epoch
         start_epoch = int(self.epochs_done.numpy())
         if cfg.epochs == 0 and not resumed:
@@ -394,7 +398,11 @@ class Trainer:
         sums, started = metrics_lib.zeros(self.metrics), time.perf_counter()
         while in_epoch < spe:
             steps = tf.constant(self._steps_now(epoch, in_epoch))
-            chunk, taken, loss = self.train_steps(iterator, steps)
+            try:
+                chunk, taken, loss = self.train_steps(iterator, steps)
+            except tf.errors.OutOfRangeError:  # repeat() of nothing: no image decoded
+                raise UserError("no training images could be read (did every one fail "
+                                "to decode?)") from None
             sums = {k: sums[k] + chunk[k] for k in sums}  # on the device: no wait
             in_epoch += int(taken)  # the one wait per call
             step = epoch * spe + in_epoch
