@@ -233,34 +233,31 @@ def test_two_workers_train_one_model_on_loopback(tmp_path):
 
 
 @pytest.mark.slow
-def test_several_steps_per_call_keep_logs_checkpoints_and_the_data_position(tmp_path, capsys):
-    model_dir = tmp_path / "run"
-    # 8 steps an epoch in calls of 3: the calls are cut at step 4 (checkpoint)
-    # and 5 (log line), so both fall where they would one step at a time.
-    run(tiny_cfg("data.synthetic_images=320", "train.epochs=1", "train.steps_per_execution=3",
-                 "train.checkpoint_every_steps=4", "train.log_every_steps=5"), str(model_dir))
-    out = capsys.readouterr().out
-    assert [line.split(":")[0] for line in out.splitlines() if " step " in line] == [
-        "epoch 1/1 step 5/8", "epoch 1/1 step 8/8"]
-    assert sorted(f for f in os.listdir(model_dir / "checkpoints") if f.endswith(".index")) \
-        == ["ckpt-4.index", "ckpt-8.index"]
-    assert read_metrics(model_dir)[-1]["step"] == 8
-
-
-def test_a_call_of_several_steps_stops_after_a_non_finite_loss(tmp_path):
+def test_several_steps_per_call_keep_logs_checkpoints_and_the_non_finite_stop(tmp_path, capsys):
     from mnv3.data import make_pipeline
     from mnv3.run_dir import RunDir
     from mnv3.training.trainer import Trainer
 
-    cfg = tiny_cfg("data.synthetic_images=320", "train.steps_per_execution=5")
-    trainer = Trainer(cfg, RunDir(str(tmp_path / "run")), tf.distribute.get_strategy(),
-                      make_pipeline(cfg))
-    iterator = iter(trainer.distribute(trainer.pipeline.train(0)))
-    sums, taken, loss = trainer.train_steps(iterator, tf.constant(3))
-    assert int(taken) == 3 and np.isfinite(float(loss)) and float(sums["count"]) == 96
+    # 8 steps an epoch in calls of 3: the calls are cut at step 4 (checkpoint)
+    # and 5 (log line), so both fall where they would one step at a time.
+    cfg = tiny_cfg("data.synthetic_images=320", "train.epochs=1", "train.steps_per_execution=3",
+                   "train.checkpoint_every_steps=4", "train.log_every_steps=5")
+    run_dir = RunDir(str(tmp_path / "run"))
+    run_dir.ensure_writable()
+    trainer = Trainer(cfg, run_dir, tf.distribute.get_strategy(), make_pipeline(cfg))
+    trainer.fit()
+    out = capsys.readouterr().out
+    assert [line.split(":")[0] for line in out.splitlines() if " step " in line] == [
+        "epoch 1/1 step 5/8", "epoch 1/1 step 8/8"]
+    assert sorted(f for f in os.listdir(run_dir.checkpoints) if f.endswith(".index")) \
+        == ["ckpt-4.index", "ckpt-8.index"]
+    assert read_metrics(run_dir.path)[-1]["step"] == 8 == int(trainer.batches_done.numpy())
+
+    # A call stops after the first step whose loss is not finite: no further
+    # update lands on the weights, and the data position counts that one step.
+    iterator = iter(trainer.distribute(trainer.pipeline.train(1)))
     kernel = trainer.model.get_layer("logits").kernel
     kernel.assign(tf.fill(kernel.shape, np.nan))
     sums, taken, loss = trainer.train_steps(iterator, tf.constant(5))
-    # The first step's loss is NaN: no further update lands on the weights.
-    assert int(taken) == 1 and np.isnan(float(loss))
-    assert int(trainer.batches_done.numpy()) == 4
+    assert int(taken) == 1 and np.isnan(float(loss)) and float(sums["count"]) == 32
+    assert int(trainer.batches_done.numpy()) == 9
