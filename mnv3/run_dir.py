@@ -193,22 +193,32 @@ class RunDir:
             raise UserError(f"{self.data_layout}: damaged ({e}); it records the data "
                             "the checkpoints were trained on") from None
 
-    def drop_metrics_after(self, epoch: int) -> None:
-        """Keeps metrics.jsonl in step with the checkpoint a run resumed from:
-        epochs past it (from a checkpoint now set aside) are trained again."""
+    def _metric_lines(self) -> list[tuple[str, dict | None]]:
+        """(line, its record, or None for a line cut short by a crash)."""
         if not os.path.exists(self.metrics):
-            return
+            return []
         with open(self.metrics, encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
-        kept = []
+        parsed = []
         for line in lines:
             try:
                 record = json.loads(line)
             except ValueError:
-                continue  # a line cut short by a crash
-            if isinstance(record, dict) and record.get("epoch", 0) <= epoch:
-                kept.append(line)
-        if kept != lines:
+                record = None
+            parsed.append((line, record if isinstance(record, dict) else None))
+        return parsed
+
+    def read_metrics(self) -> list[dict]:
+        """metrics.jsonl's records, one per epoch (lines a crash cut short skipped)."""
+        return [record for _, record in self._metric_lines() if record is not None]
+
+    def drop_metrics_after(self, epoch: int) -> None:
+        """Keeps metrics.jsonl in step with the checkpoint a run resumed from:
+        epochs past it (from a checkpoint now set aside) are trained again."""
+        parsed = self._metric_lines()
+        kept = [line for line, record in parsed
+                if record is not None and record.get("epoch", 0) <= epoch]
+        if kept != [line for line, _ in parsed]:
             write_atomically(self.metrics, "".join(k + "\n" for k in kept))
 
     def append_metrics(self, record: dict) -> None:

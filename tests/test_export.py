@@ -21,6 +21,7 @@ from mnv3 import cli
 from tests.conftest import (EXPORT, LEARN, SHARED_DATA, assert_one_line_error, call_cli,
                             tiny_cfg)
 
+PICTURES = ["confusion.png", "curves.png", "misclassified.png"]
 INT8 = modes.get("int8")  # uint8 in, float32 probabilities out
 def tflite_ops(path) -> collections.Counter:
     from mediapipe.tasks.metadata import schema_py_generated as schema
@@ -206,7 +207,7 @@ def test_all_modes_are_written_with_a_report(exported):
     model_dir, report = exported
     export_dir = os.path.join(model_dir, "export")
     files = sorted(os.listdir(export_dir))
-    assert files == sorted(["labels.txt", "report.json", "report.md"] + [
+    assert files == sorted(["labels.txt", "report.json", "report.md"] + PICTURES + [
         f"mobilenet_v3_small_64_{m}.tflite" for m in ["float32", "fp16", "dynamic", "int8"]])
     rows = {r["mode"]: r for r in report["rows"]}
     assert rows["keras"]["top1"] > 0.4  # learned something to preserve (chance: 0.1)
@@ -417,8 +418,9 @@ def test_a_killed_export_leaves_the_previous_one_whole(tmp_path, exported):
                      "--set", "export.latency_runs=2")
     assert result.returncode == 0, result.stderr[-2000:]
     export_dir = os.path.join(model_dir, "export")
-    assert sorted(os.listdir(export_dir)) == [
-        "labels.txt", "mobilenet_v3_small_64_float32.tflite", "report.json", "report.md"]
+    assert sorted(os.listdir(export_dir)) == sorted([
+        "labels.txt", "mobilenet_v3_small_64_float32.tflite", "report.json", "report.md",
+        *PICTURES])
     report = json.load(open(os.path.join(export_dir, "report.json")))
     assert [r["mode"] for r in report["rows"]] == ["keras", "float32"]
     assert not glob.glob(os.path.join(model_dir, ".export-new-*"))

@@ -1,6 +1,7 @@
-"""TFLite export of a trained run, in three steps: collect the calibration and
-eval images, export each mode (convert, add metadata, check, evaluate, time),
-and report. `run(cfg, model_dir)` does them all and publishes model_dir/export/."""
+"""TFLite export of a trained run, in three steps: collect the calibration
+images (eval images stream, so memory does not grow with the eval set), export
+each mode (convert, add metadata, check, evaluate, time), and report.
+`run(cfg, model_dir)` does them all and publishes model_dir/export/."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dataclasses
 import glob
 import os
 import shutil
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -18,6 +20,7 @@ from mnv3.files import (make_staging_dir, publish_directory, recover_directory,
                         write_atomically)
 
 STAGING = ".export-new-"
+MISCLASSIFIED_SHOWN = 16  # eval images kept for the report's picture
 
 
 def run(cfg: Config, model_dir: str) -> dict:
@@ -42,12 +45,13 @@ def run(cfg: Config, model_dir: str) -> dict:
         try:
             data = collect(cfg)
             target = Target(trained, cfg, labels, staging)
-            keras, keras_pred = keras_row(target, data, run_dir.best_model)
-            rows = [keras] + [export_mode(target, mode, data, keras_pred)
+            keras, reference = keras_row(target, data, run_dir.best_model)
+            rows = [keras] + [export_mode(target, mode, data, reference)
                               for mode in modes.from_config(cfg.export)]
             write_atomically(os.path.join(staging, "labels.txt"), "\n".join(labels) + "\n")
-            report = {"model": target.name, "eval_images": int(len(data.targets)),
-                      "threads": cfg.export.threads, "rows": rows}
+            report = {"model": target.name, "eval_images": int(len(reference.targets)),
+                      "threads": cfg.export.threads, "labels": labels, "rows": rows,
+                      "pictures": draw_pictures(target, reference, run_dir.read_metrics())}
             write_report(report, staging)
             publish_directory(staging, run_dir.export)
         finally:
@@ -87,31 +91,46 @@ def _load_trained(run_dir, cfg: Config):
 @dataclasses.dataclass
 class EvalData:
     calibration: list  # HxWx3 float32 pixels 0..255, one per calibration step
-    images: np.ndarray  # NxHxWx3 float32 pixels 0..255
-    targets: np.ndarray  # N class indices
+    # Each call reads the eval images afresh, in order: (NxHxWx3 float32 pixels
+    # 0..255, N class indices) per batch, export.eval_images at most in all.
+    batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
 
 
 def collect(cfg: Config) -> EvalData:
-    """Calibration images from the training data, eval images from the eval data."""
+    """Calibration images from the training data (a fixed number, kept), and a
+    way to stream the eval images (never all held at once)."""
     from mnv3.data import make_pipeline, user_errors_from_data
 
     pipeline = make_pipeline(cfg)
     with user_errors_from_data(pipeline):
         calibration = [x.numpy().astype(np.float32)
                        for x in pipeline.calibration(cfg.export.calibration_steps)]
-        if not calibration:
-            raise UserError("no calibration images could be read from the training data")
-        images, targets = [], []
-        for batch, onehot in pipeline.eval(batch_size=64):
-            images.append(batch.numpy())
-            targets.append(np.argmax(onehot.numpy(), axis=-1))
-            if cfg.export.eval_images and sum(map(len, images)) >= cfg.export.eval_images:
-                break
-    if not images:
-        raise UserError("no evaluation images could be read")
-    return EvalData(calibration,
-                    np.concatenate(images)[:cfg.export.eval_images].astype(np.float32),
-                    np.concatenate(targets)[:cfg.export.eval_images])
+    if not calibration:
+        raise UserError("no calibration images could be read from the training data")
+    limit = cfg.export.eval_images
+
+    def batches():
+        seen = 0
+        with user_errors_from_data(pipeline):
+            for images, onehot in pipeline.eval(batch_size=64):
+                take = limit - seen if limit else None
+                images = images.numpy()[:take].astype(np.float32)
+                targets = np.argmax(onehot.numpy(), axis=-1)[:take]
+                if len(images):
+                    yield images, targets
+                seen += len(images)
+                if limit and seen >= limit:
+                    return
+
+    return EvalData(calibration, batches)
+
+
+@dataclasses.dataclass
+class Reference:
+    """The Keras model's view of the eval set, which every mode is compared with."""
+    targets: np.ndarray
+    predicted: np.ndarray
+    misclassified: list  # (HxWx3 uint8 image, true, predicted, score), the first few
 
 
 # --- 2. each mode ------------------------------------------------------------------
@@ -130,21 +149,43 @@ class Target:
                             f"{origin}.")
 
 
-def keras_row(target: Target, data: EvalData, best_model: str) -> tuple[dict, np.ndarray]:
-    """The trained Keras model's row, and its predictions: the reference every
-    mode is compared with."""
-    scores = target.trained.predict(data.images, batch_size=64, verbose=0)
-    if not np.all(np.isfinite(scores)):
-        raise UserError(f"{best_model}: gives non-finite scores on the eval images; "
-                        "this model cannot be exported (retrain it)")
-    pred = np.argmax(scores, axis=-1)
-    return {"mode": "keras", "file": os.path.basename(best_model),
-            "size_mb": round(os.path.getsize(best_model) / 2**20, 2),
-            "top1": float(np.mean(pred == data.targets)), "agreement": 1.0,
-            "latency_ms": None}, pred
+def keras_row(target: Target, data: EvalData, best_model: str) -> tuple[dict, Reference]:
+    """The trained Keras model's report row, and its predictions: the reference
+    every mode is compared with."""
+    targets, predicted, misclassified = [], [], []
+    for images, truth in data.batches():
+        scores = np.asarray(target.trained.predict_on_batch(images))
+        if not np.all(np.isfinite(scores)):
+            raise UserError(f"{best_model}: gives non-finite scores on the eval images; "
+                            "this model cannot be exported (retrain it)")
+        pred = np.argmax(scores, axis=-1)
+        for i in np.nonzero(pred != truth)[0][:MISCLASSIFIED_SHOWN - len(misclassified)]:
+            image = np.clip(np.round(images[i]), 0, 255).astype(np.uint8)
+            misclassified.append((image, int(truth[i]), int(pred[i]),
+                                  float(scores[i, pred[i]])))
+        targets.append(truth)
+        predicted.append(pred)
+    if not targets:
+        raise UserError("no evaluation images could be read")
+    reference = Reference(np.concatenate(targets), np.concatenate(predicted), misclassified)
+    row = {"mode": "keras", "file": os.path.basename(best_model),
+           "size_mb": round(os.path.getsize(best_model) / 2**20, 2),
+           "top1": float(np.mean(reference.predicted == reference.targets)),
+           "agreement": 1.0, "latency_ms": None,
+           **_class_figures(reference.targets, reference.predicted, target.labels)}
+    return row, reference
 
 
-def export_mode(target: Target, mode: Mode, data: EvalData, keras_pred: np.ndarray) -> dict:
+def _class_figures(targets: np.ndarray, predicted: np.ndarray, labels: list[str]) -> dict:
+    from mnv3.export import analysis
+
+    counts = analysis.confusion(targets, predicted, len(labels))
+    return {"per_class": analysis.per_class(counts, labels),
+            "most_confused": analysis.most_confused(counts, labels),
+            "confusion": analysis.sparse(counts)}
+
+
+def export_mode(target: Target, mode: Mode, data: EvalData, reference: Reference) -> dict:
     """Converts, labels, checks and evaluates one mode; returns its report row."""
     from mnv3.export.calibrate import PROBABILITY_RANGE
     from mnv3.export.check import check_out_of_process
@@ -166,16 +207,51 @@ def export_mode(target: Target, mode: Mode, data: EvalData, keras_pred: np.ndarr
     path = os.path.join(target.out_dir, f"{target.name}_{mode.name}.tflite")
     write_atomically(path, tflite)
     # In another process first: a crash there fails the export, not this one.
-    check_out_of_process(path, data.images[:4], len(target.labels))
+    check_out_of_process(path, next(data.batches())[0][:4], len(target.labels))
     classifier = Classifier(tflite, threads=cfg.export.threads)
     types = (np.dtype(classifier.input["dtype"]).name, np.dtype(classifier.output["dtype"]).name)
     if types != (mode.input_type, mode.output_type):
         raise UserError(f"{os.path.basename(path)}: the converter gave {types[0]} input and "
                         f"{types[1]} output, not the {mode.input_type} / {mode.output_type} "
                         f"that {mode.name} means; not published")
-    pred = np.array([np.argmax(classifier(x)) for x in data.images])
+    pred = np.array([np.argmax(classifier(x)) for images, _ in data.batches()
+                     for x in images])
+    if len(pred) != len(reference.targets):
+        raise UserError(f"the eval data changed during the export ({len(pred)} images, "
+                        f"{len(reference.targets)} before)")
+    from mnv3.export.analysis import disagreements
+
     return {"mode": mode.name, "file": os.path.basename(path),
             "size_mb": round(len(tflite) / 2**20, 2),
-            "top1": float(np.mean(pred == data.targets)),
-            "agreement": float(np.mean(pred == keras_pred)),
-            "latency_ms": round(classifier.latency_ms(cfg.export.latency_runs), 3)}
+            "top1": float(np.mean(pred == reference.targets)),
+            "agreement": float(np.mean(pred == reference.predicted)),
+            "latency_ms": round(classifier.latency_ms(cfg.export.latency_runs), 3),
+            "disagreements": disagreements(reference.predicted, pred, reference.targets,
+                                           target.labels),
+            **_class_figures(reference.targets, pred, target.labels)}
+
+
+# --- 3. the pictures (the report's text is report.py) --------------------------------
+
+PICTURES = {"confusion": "confusion.png", "misclassified": "misclassified.png",
+            "curves": "curves.png"}
+
+
+def draw_pictures(target: Target, reference: Reference, records: list[dict]) -> dict:
+    """The report's PNGs in the export folder; returns {what: file name}."""
+    from mnv3.export import analysis, plots
+
+    out = target.out_dir
+    counts = analysis.confusion(reference.targets, reference.predicted, len(target.labels))
+    plots.confusion_png(counts, target.labels, os.path.join(out, PICTURES["confusion"]),
+                        f"{target.name}\nKeras model, {len(reference.targets)} eval images")
+    plots.misclassified_png(
+        [image for image, *_ in reference.misclassified],
+        [f"true: {target.labels[t]}\ngot: {target.labels[p]} ({score:.2f})"
+         for _, t, p, score in reference.misclassified],
+        os.path.join(out, PICTURES["misclassified"]))
+    drawn = {"confusion": PICTURES["confusion"], "misclassified": PICTURES["misclassified"]}
+    if records:
+        plots.curves_png(records, os.path.join(out, PICTURES["curves"]))
+        drawn["curves"] = PICTURES["curves"]
+    return drawn

@@ -1,4 +1,5 @@
-"""The export report: report.json, report.md and the same table on stdout."""
+"""The export report: report.json (every figure), report.md (the same as a page,
+with the pictures), and the summary table on stdout."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import json
 import os
 
 from mnv3.files import write_atomically
+
+# report.md lists every class up to this many; beyond, the weakest ones
+# (report.json has them all).
+CLASSES_LISTED = 50
 
 
 def format_table(report: dict) -> str:
@@ -20,6 +25,60 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _percent(value) -> str:
+    return "" if value is None else f"{100 * value:.1f}%"
+
+
+def _per_class_table(rows: list[dict]) -> list[str]:
+    keras = rows[0]["per_class"]
+    order = list(range(len(keras)))
+    title = "## Per class"
+    if len(order) > CLASSES_LISTED:  # the weakest classes first
+        order = sorted(order, key=lambda i: (keras[i]["recall"] is None,
+                                             keras[i]["recall"] or 0.0))[:CLASSES_LISTED]
+        title += f" (the {CLASSES_LISTED} with the lowest Keras recall; all in report.json)"
+    modes = [r["mode"] for r in rows]
+    lines = [title, "",
+             "Recall is the class's own top-1: the share of its images given that class. "
+             "Precision: the share of images given the class that are of it.", "",
+             "| class | images | " + " | ".join(f"{m} recall" for m in modes)
+             + " | keras precision |",
+             "| --- | ---: | " + " | ".join("---:" for _ in modes) + " | ---: |"]
+    for i in order:
+        recalls = " | ".join(_percent(r["per_class"][i]["recall"]) for r in rows)
+        lines.append(f"| {keras[i]['label']} | {keras[i]['support']} | {recalls} | "
+                     f"{_percent(keras[i]['precision'])} |")
+    return lines
+
+
+def format_markdown(report: dict) -> str:
+    rows = report["rows"]
+    pictures = report.get("pictures", {})
+    lines = [f"# Export report: {report['model']}", "", format_table(report), ""]
+    if "curves" in pictures:
+        lines += ["## Training", "", f"![training curves]({pictures['curves']})", ""]
+    lines += ["## Confusion (Keras model)", "",
+              f"![confusion matrix]({pictures['confusion']})", "",
+              "Most-confused pairs:", "",
+              "| true class | taken for | images | share of the class |",
+              "| --- | --- | ---: | ---: |"]
+    lines += [f"| {p['true']} | {p['predicted']} | {p['count']} | "
+              f"{_percent(p['share_of_true'])} |" for p in rows[0]["most_confused"]]
+    if not rows[0]["most_confused"]:
+        lines.append("| (none) | | | |")
+    lines += ["", "## Misclassified eval images (Keras model)", "",
+              f"![misclassified images]({pictures['misclassified']})", ""]
+    lines += ["## Where the exported models disagree with Keras", ""]
+    for r in rows[1:]:
+        d = r["disagreements"]
+        classes = ", ".join(f"{c['label']} ({c['count']})" for c in d["by_true_class"])
+        lines.append(f"- **{r['mode']}**: {d['count']} of {report['eval_images']} images "
+                     f"({_percent(d['rate'])})" + (f"; by true class: {classes}" if classes
+                                                  else ""))
+    lines += [""] + _per_class_table(rows)
+    return "\n".join(lines) + "\n"
+
+
 def write_report(report: dict, out_dir: str) -> None:
-    write_atomically(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2))
-    write_atomically(os.path.join(out_dir, "report.md"), format_table(report) + "\n")
+    write_atomically(os.path.join(out_dir, "report.json"), json.dumps(report, indent=1))
+    write_atomically(os.path.join(out_dir, "report.md"), format_markdown(report))

@@ -1,0 +1,104 @@
+"""The report's pictures, drawn with matplotlib's headless Agg backend: the
+confusion matrix, a grid of misclassified eval images, and training curves."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mnv3.export.analysis import focus_classes
+
+# Beyond this many classes a full matrix is unreadable at any size; the picture
+# shows the classes most involved in confusions (report.json has every count).
+MAX_CLASSES_SHOWN = 100
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: CI, servers, containers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_png(counts: np.ndarray, labels: list[str], path: str, title: str) -> None:
+    """Rows: true class, columns: predicted; each row shaded by its share, so a
+    small class's mistakes show as clearly as a large one's. Counts are written
+    in the cells while there is room for them."""
+    plt = _pyplot()
+    shown = focus_classes(counts, MAX_CLASSES_SHOWN)
+    sub = counts[np.ix_(shown, shown)]
+    names = [labels[i] for i in shown]
+    n = len(shown)
+    rows = np.maximum(sub.sum(axis=1, keepdims=True), 1)
+    side = min(max(6.0, 0.22 * n + 2.5), 26.0)
+    fig, ax = plt.subplots(figsize=(side, side), dpi=100)
+    from matplotlib.colors import PowerNorm
+
+    # Square-root shading: a 5% confusion still shows beside a 90% diagonal.
+    ax.imshow(sub / rows, cmap="Blues", norm=PowerNorm(0.5, vmin=0.0, vmax=1.0))
+    font = 10.0 if n <= 30 else 8.0 if n <= 60 else 6.0
+    ax.set_xticks(range(n), names, rotation=90, fontsize=font)
+    ax.set_yticks(range(n), names, fontsize=font)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if len(shown) < len(counts):
+        title += f"\nthe {n} of {len(counts)} classes most involved in confusions"
+    ax.set_title(title)
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                if sub[i, j]:
+                    dark = sub[i, j] / rows[i, 0] > 0.5
+                    ax.text(j, i, str(sub[i, j]), ha="center", va="center", fontsize=font,
+                            color="white" if dark else "black")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def misclassified_png(images: list[np.ndarray], captions: list[str], path: str,
+                      columns: int = 4) -> None:
+    """A grid of eval images (HxWx3 uint8), each captioned."""
+    plt = _pyplot()
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.5 * rows), dpi=100,
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, caption in zip(axes.ravel(), images, captions):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(caption, fontsize=9)
+    if not images:
+        axes[0, 0].text(0.5, 0.5, "no misclassified eval images", ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def curves_png(records: list[dict], path: str) -> None:
+    """Loss, top-1 (train and eval) and learning rate against epoch, from
+    metrics.jsonl records."""
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in records]
+
+    def series(key):
+        return [r.get(key) for r in records]
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), dpi=100)
+    for ax, (title, keys) in zip(axes, [("loss", ["train_loss", "eval_loss"]),
+                                        ("top-1", ["train_top1", "eval_top1"]),
+                                        ("learning rate (end of epoch)", ["lr"])]):
+        for key in keys:
+            values = series(key)
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, marker="o", markersize=3,
+                        label=key.replace("_", " "))
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
