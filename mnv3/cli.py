@@ -48,10 +48,23 @@ def main(command: Callable[[Sequence[str] | None], int]) -> None:
     sys.exit(command(sys.argv[1:]))
 
 
-def run_command(fn: Callable[[], object]) -> int:
-    """Runs fn; bad input becomes one line on stderr and exit status 2."""
+def add_verbose_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true", help="show everything TensorFlow, "
+                   "the converter and MediaPipe print (hidden by default, and shown "
+                   "anyway when a step fails)")
+
+
+def run_command(fn: Callable[[], object], verbose: bool = True) -> int:
+    """Runs fn; bad input becomes one line on stderr and exit status 2. Unless
+    `verbose`, what libraries print below Python is held back (native_output)."""
+    from mnv3.native_output import libraries_quiet
+
     try:
-        fn()
+        if verbose:
+            fn()
+        else:
+            with libraries_quiet():
+                fn()
     except UserError as e:
         return _fail(str(e))
     except OSError as e:
@@ -59,6 +72,15 @@ def run_command(fn: Callable[[], object]) -> int:
             raise
         return _fail(f"{e.filename}: {e.strerror or e}")
     return 0
+
+
+def _parse(p: argparse.ArgumentParser, argv):
+    """Parsed arguments, or None after printing a usage error as our one line."""
+    try:
+        return p.parse_args(argv)
+    except UserError as e:
+        _fail(str(e))
+        return None
 
 
 def _quiet_tensorflow() -> None:
@@ -77,17 +99,20 @@ def train(argv: Sequence[str] | None = None) -> int:
     add_config_flags(p, "YAML experiment config (see configs/)", required=True)
     p.add_argument("--model_dir", required=True, help="where checkpoints, best.keras, "
                    "logs and the resolved config go; rerun the same command to resume")
+    add_verbose_flag(p)
+    args = _parse(p, argv)
+    if args is None:
+        return 2
 
     def go():
         from mnv3 import config as config_lib
 
-        args = p.parse_args(argv)
         cfg = config_lib.load(args.config, args.set)
         _quiet_tensorflow()
         from mnv3.training import run
 
         run(cfg, args.model_dir)
-    return run_command(go)
+    return run_command(go, args.verbose)
 
 
 def export(argv: Sequence[str] | None = None) -> int:
@@ -101,11 +126,14 @@ def export(argv: Sequence[str] | None = None) -> int:
                      "(rarely needed)", "export.quant=[int8]")
     p.add_argument("--quant", help="TFLite modes, comma-separated: float32, fp16, dynamic, "
                    "int8 (default: export.quant from the config)")
+    add_verbose_flag(p)
+    args = _parse(p, argv)
+    if args is None:
+        return 2
 
     def go():
         from mnv3 import config as config_lib
 
-        args = p.parse_args(argv)
         overrides = list(args.set)
         if args.quant:
             overrides.append(f"export.quant=[{args.quant}]")
@@ -115,7 +143,7 @@ def export(argv: Sequence[str] | None = None) -> int:
         from mnv3.export.pipeline import run
 
         run(cfg, args.model_dir)
-    return run_command(go)
+    return run_command(go, args.verbose)
 
 
 def predict(argv: Sequence[str] | None = None) -> int:
@@ -129,11 +157,14 @@ def predict(argv: Sequence[str] | None = None) -> int:
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, BMP, GIF)")
     p.add_argument("--top_k", type=int, default=3, help="classes listed per image")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
+    add_verbose_flag(p)
+    args = _parse(p, argv)
+    if args is None:
+        return 2
 
     def go():
         import json
 
-        args = p.parse_args(argv)
         if args.top_k < 1:
             raise UserError(f"--top_k {args.top_k}: must be 1 or more")
         from mnv3.predict import Model
@@ -148,4 +179,4 @@ def predict(argv: Sequence[str] | None = None) -> int:
             else:
                 print(f"{path}: " + ", ".join(f"{label} {score:.3f}"
                                               for _, label, score in result.top), flush=True)
-    return run_command(go)
+    return run_command(go, args.verbose)

@@ -45,3 +45,43 @@ def _restore(saved: int, log, captured: Captured) -> None:
     os.close(saved)
     log.seek(0)
     captured.text = log.read().decode("utf-8", "replace")
+
+
+@contextlib.contextmanager
+def libraries_quiet():
+    """For a whole command: what libraries write straight to fd 2 (TensorFlow's
+    start-up and C++ INFO lines, the converter's MLIR notes, MediaPipe's logs)
+    goes to a temporary file, while Python's sys.stderr (our warnings and error
+    lines) still reaches the terminal. The file's text is printed if the command
+    fails with anything but a UserError, so a real library error is never lost;
+    a step that fails with a UserError prints its own capture (see convert.py)."""
+    from mnv3.errors import UserError
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    ours = sys.stderr is sys.__stderr__  # in tests, sys.stderr is their own buffer
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8",
+                         errors="replace") if ours else None
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        os.dup2(log.fileno(), 2)
+        if terminal:
+            sys.stderr = terminal
+        try:
+            yield
+        except BaseException as e:
+            text = _end_quiet(saved, log, terminal)
+            if not isinstance(e, (UserError, SystemExit)) and text.strip():
+                sys.stderr.write("library output before the failure:\n" + text)
+            raise
+        _end_quiet(saved, log, terminal)
+
+
+def _end_quiet(saved: int, log, terminal) -> str:
+    sys.stderr.flush()
+    if terminal:
+        sys.stderr = sys.__stderr__
+        terminal.close()
+    os.dup2(saved, 2)
+    os.close(saved)
+    log.seek(0)
+    return log.read().decode("utf-8", "replace")

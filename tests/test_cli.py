@@ -1,3 +1,10 @@
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
 from tests.conftest import assert_one_line_error, run_cli
 
 
@@ -18,3 +25,50 @@ def test_help_documents_flags():
         out = run_cli(script, "--help").stdout
         for flag in ["--config", "--set", "--model_dir"]:
             assert flag in out, (script, flag)
+
+
+def _library_lines(text):
+    """Lines that TensorFlow, the converter or MediaPipe print below Python."""
+    return [line for line in text.splitlines()
+            if line.startswith(("I0000", "W0000", "E0000", "INFO:", "WARNING: All log"))]
+
+
+@pytest.mark.slow
+def test_library_chatter_is_held_back_unless_verbose(exported, tmp_path):
+    model_dir, _ = exported
+    tflite = glob.glob(os.path.join(model_dir, "export", "*_float32.tflite"))[0]
+    image = tmp_path / "photo.png"
+    image.write_bytes(tf.io.encode_png(np.full((50, 70, 3), 128, np.uint8)).numpy())
+    quiet = run_cli("predict.py", "--model", tflite, str(image))
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert quiet.stdout.startswith(str(image)) and _library_lines(quiet.stderr) == []
+    verbose = run_cli("predict.py", "--model", tflite, str(image), "--verbose")
+    assert verbose.returncode == 0 and _library_lines(verbose.stderr)
+    assert verbose.stdout == quiet.stdout
+
+
+def test_a_failure_shows_what_the_libraries_printed(capfd):
+    import keras
+
+    from mnv3.errors import UserError
+    from mnv3.export import modes
+    from mnv3.export.convert import convert
+    from mnv3.native_output import libraries_quiet
+
+    # A conversion that fails: the converter's own lines come out with the error.
+    image = keras.Input((8,), batch_size=1, name="image")
+    model = keras.Model(image, keras.layers.Lambda(lambda x: tf.math.bessel_i1e(x))(image))
+    capfd.readouterr()
+    with pytest.raises(UserError, match="TFLite conversion"):
+        convert(model, modes.get("float32"))
+    err = capfd.readouterr().err
+    assert "Reading SavedModel" in err and "BesselI1e" in err
+    # A command that crashes shows what was held back; one that works does not.
+    with pytest.raises(RuntimeError):
+        with libraries_quiet():
+            os.write(2, b"native note before a crash\n")
+            raise RuntimeError("boom")
+    assert "native note before a crash" in capfd.readouterr().err
+    with libraries_quiet():
+        os.write(2, b"native chatter\n")
+    assert "native chatter" not in capfd.readouterr().err

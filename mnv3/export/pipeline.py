@@ -9,11 +9,13 @@ import dataclasses
 import glob
 import os
 import shutil
+import time
 from typing import Callable, Iterator
 
 import numpy as np
 
 from mnv3.config import Config
+from mnv3.console import say
 from mnv3.errors import UserError
 from mnv3.export.modes import Mode
 from mnv3.files import (make_staging_dir, publish_directory, recover_directory,
@@ -107,6 +109,7 @@ def collect(cfg: Config) -> EvalData:
                        for x in pipeline.calibration(cfg.export.calibration_steps)]
     if not calibration:
         raise UserError("no calibration images could be read from the training data")
+    say(f"calibration: {len(calibration)} training images read")
     limit = cfg.export.eval_images
 
     def batches():
@@ -168,6 +171,8 @@ def keras_row(target: Target, data: EvalData, best_model: str) -> tuple[dict, Re
     if not targets:
         raise UserError("no evaluation images could be read")
     reference = Reference(np.concatenate(targets), np.concatenate(predicted), misclassified)
+    say(f"keras: {len(reference.targets)} eval images, top-1 "
+        f"{100 * np.mean(reference.predicted == reference.targets):.2f}%")
     row = {"mode": "keras", "file": os.path.basename(best_model),
            "size_mb": round(os.path.getsize(best_model) / 2**20, 2),
            "top1": float(np.mean(reference.predicted == reference.targets)),
@@ -195,6 +200,7 @@ def export_mode(target: Target, mode: Mode, data: EvalData, reference: Reference
     from mnv3.export.metadata import add_metadata
 
     cfg = target.cfg
+    started = time.perf_counter()
     graph = export_graph(target.trained, cfg, mode)
     samples = [(scale_input(x) if mode.quantized_input else x)[None]
                for x in data.calibration] if mode.integer else []
@@ -206,6 +212,8 @@ def export_mode(target: Target, mode: Mode, data: EvalData, reference: Reference
                           labels=target.labels, mean=mean, std=std)
     path = os.path.join(target.out_dir, f"{target.name}_{mode.name}.tflite")
     write_atomically(path, tflite)
+    say(f"{mode.name}: converted in {time.perf_counter() - started:.1f} s "
+        f"({len(tflite) / 2**20:.2f} MB); checking and evaluating it")
     # In another process first: a crash there fails the export, not this one.
     check_out_of_process(path, next(data.batches())[0][:4], len(target.labels))
     classifier = Classifier(tflite, threads=cfg.export.threads)

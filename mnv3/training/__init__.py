@@ -19,7 +19,8 @@ def run(cfg: Config, model_dir: str) -> dict | None:
     from mnv3.model import pretrained
     from mnv3.training import checkpoints
     from mnv3.training.strategy import is_chief, make_strategy
-    from mnv3.training.trainer import Trainer, say
+    from mnv3.console import say
+    from mnv3.training.trainer import Trainer
 
     run_dir = RunDir(model_dir)
     if cfg.runtime.seed is not None:

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnv3.config import Config
+from mnv3.console import say, warn
 from mnv3.data import Pipeline
 from mnv3.errors import UserError, first_line
 from mnv3.model import build_from_config
@@ -32,14 +33,6 @@ from mnv3.run_dir import RunDir
 
 SUM = tf.distribute.ReduceOp.SUM
 NOT_FIT = "does not fit this model and optimiser"
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 class _OptimizerHolder:
