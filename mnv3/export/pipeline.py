@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from mnv3.config import Config
-from mnv3.console import say
+from mnv3.console import Progress, say
 from mnv3.errors import UserError
 from mnv3.export.modes import Mode
 from mnv3.files import (make_staging_dir, publish_directory, recover_directory,
@@ -96,6 +96,7 @@ class EvalData:
     # Each call reads the eval images afresh, in order: (NxHxWx3 float32 pixels
     # 0..255, N class indices) per batch, export.eval_images at most in all.
     batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+    expected: int  # eval images listed (images that fail to decode are skipped)
 
 
 def collect(cfg: Config) -> EvalData:
@@ -104,9 +105,13 @@ def collect(cfg: Config) -> EvalData:
     from mnv3.data import make_pipeline, user_errors_from_data
 
     pipeline = make_pipeline(cfg)
+    progress = Progress(cfg.export.calibration_steps, "reading calibration images")
+    calibration = []
     with user_errors_from_data(pipeline):
-        calibration = [x.numpy().astype(np.float32)
-                       for x in pipeline.calibration(cfg.export.calibration_steps)]
+        for x in pipeline.calibration(cfg.export.calibration_steps):
+            calibration.append(x.numpy().astype(np.float32))
+            progress.add(1)
+    progress.close()
     if not calibration:
         raise UserError("no calibration images could be read from the training data")
     say(f"calibration: {len(calibration)} training images read")
@@ -125,7 +130,8 @@ def collect(cfg: Config) -> EvalData:
                 if limit and seen >= limit:
                     return
 
-    return EvalData(calibration, batches)
+    size = pipeline.source.eval.size
+    return EvalData(calibration, batches, min(size, limit) if limit else size)
 
 
 @dataclasses.dataclass
@@ -156,7 +162,9 @@ def keras_row(target: Target, data: EvalData, best_model: str) -> tuple[dict, Re
     """The trained Keras model's report row, and its predictions: the reference
     every mode is compared with."""
     targets, predicted, misclassified = [], [], []
+    progress = Progress(data.expected, "keras: evaluating")
     for images, truth in data.batches():
+        progress.add(len(images))
         scores = np.asarray(target.trained.predict_on_batch(images))
         if not np.all(np.isfinite(scores)):
             raise UserError(f"{best_model}: gives non-finite scores on the eval images; "
@@ -168,6 +176,7 @@ def keras_row(target: Target, data: EvalData, best_model: str) -> tuple[dict, Re
                                   float(scores[i, pred[i]])))
         targets.append(truth)
         predicted.append(pred)
+    progress.close()
     if not targets:
         raise UserError("no evaluation images could be read")
     reference = Reference(np.concatenate(targets), np.concatenate(predicted), misclassified)
@@ -222,8 +231,13 @@ def export_mode(target: Target, mode: Mode, data: EvalData, reference: Reference
         raise UserError(f"{os.path.basename(path)}: the converter gave {types[0]} input and "
                         f"{types[1]} output, not the {mode.input_type} / {mode.output_type} "
                         f"that {mode.name} means; not published")
-    pred = np.array([np.argmax(classifier(x)) for images, _ in data.batches()
-                     for x in images])
+    progress = Progress(len(reference.targets), f"{mode.name}: evaluating")
+    pred = []
+    for images, _ in data.batches():
+        pred += [np.argmax(classifier(x)) for x in images]
+        progress.add(len(images))
+    progress.close()
+    pred = np.array(pred)
     if len(pred) != len(reference.targets):
         raise UserError(f"the eval data changed during the export ({len(pred)} images, "
                         f"{len(reference.targets)} before)")
