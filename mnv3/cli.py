@@ -74,13 +74,15 @@ def run_command(fn: Callable[[], object], verbose: bool = True) -> int:
     return 0
 
 
-def _parse(p: argparse.ArgumentParser, argv):
-    """Parsed arguments, or None after printing a usage error as our one line."""
+def _command(p: argparse.ArgumentParser, argv, body: Callable[[argparse.Namespace], None]):
+    """Parses argv (a usage error is our one line), then runs body(args), quiet
+    unless --verbose."""
+    add_verbose_flag(p)
     try:
-        return p.parse_args(argv)
+        args = p.parse_args(argv)
     except UserError as e:
-        _fail(str(e))
-        return None
+        return _fail(str(e))
+    return run_command(lambda: body(args), args.verbose)
 
 
 def _quiet_tensorflow() -> None:
@@ -99,12 +101,8 @@ def train(argv: Sequence[str] | None = None) -> int:
     add_config_flags(p, "YAML experiment config (see configs/)", required=True)
     p.add_argument("--model_dir", required=True, help="where checkpoints, best.keras, "
                    "logs and the resolved config go; rerun the same command to resume")
-    add_verbose_flag(p)
-    args = _parse(p, argv)
-    if args is None:
-        return 2
 
-    def go():
+    def body(args):
         from mnv3 import config as config_lib
 
         cfg = config_lib.load(args.config, args.set)
@@ -112,7 +110,7 @@ def train(argv: Sequence[str] | None = None) -> int:
         from mnv3.training import run
 
         run(cfg, args.model_dir)
-    return run_command(go, args.verbose)
+    return _command(p, argv, body)
 
 
 def export(argv: Sequence[str] | None = None) -> int:
@@ -126,12 +124,8 @@ def export(argv: Sequence[str] | None = None) -> int:
                      "(rarely needed)", "export.quant=[int8]")
     p.add_argument("--quant", help="TFLite modes, comma-separated: float32, fp16, dynamic, "
                    "int8 (default: export.quant from the config)")
-    add_verbose_flag(p)
-    args = _parse(p, argv)
-    if args is None:
-        return 2
 
-    def go():
+    def body(args):
         from mnv3 import config as config_lib
 
         overrides = list(args.set)
@@ -143,7 +137,7 @@ def export(argv: Sequence[str] | None = None) -> int:
         from mnv3.export.pipeline import run
 
         run(cfg, args.model_dir)
-    return run_command(go, args.verbose)
+    return _command(p, argv, body)
 
 
 def predict(argv: Sequence[str] | None = None) -> int:
@@ -157,12 +151,8 @@ def predict(argv: Sequence[str] | None = None) -> int:
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, BMP, GIF)")
     p.add_argument("--top_k", type=int, default=3, help="classes listed per image")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
-    add_verbose_flag(p)
-    args = _parse(p, argv)
-    if args is None:
-        return 2
 
-    def go():
+    def body(args):
         import json
 
         if args.top_k < 1:
@@ -179,4 +169,4 @@ def predict(argv: Sequence[str] | None = None) -> int:
             else:
                 print(f"{path}: " + ", ".join(f"{label} {score:.3f}"
                                               for _, label, score in result.top), flush=True)
-    return run_command(go, args.verbose)
+    return _command(p, argv, body)
