@@ -153,20 +153,27 @@ def predict(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON object per image")
 
     def body(args):
-        import json
-
         if args.top_k < 1:
             raise UserError(f"--top_k {args.top_k}: must be 1 or more")
         from mnv3.predict import Model
 
         model = Model(args.model)
-        for path in args.images:
-            result = model.predict(path, args.top_k)
-            if args.json:
-                print(json.dumps({"image": path, "top": [
-                    {"index": i, "label": label, "score": round(score, 6)}
-                    for i, label, score in result.top]}), flush=True)
-            else:
-                print(f"{path}: " + ", ".join(f"{label} {score:.3f}"
-                                              for _, label, score in result.top), flush=True)
+        try:
+            _print_predictions(model, args)
+        finally:
+            model.close()
     return _command(p, argv, body)
+
+
+def _print_predictions(model, args) -> None:
+    import json
+
+    for path in args.images:
+        result = model.predict(path, args.top_k)
+        if args.json:
+            print(json.dumps({"image": path, "top": [
+                {"index": i, "label": label, "score": round(score, 6)}
+                for i, label, score in result.top]}), flush=True)
+        else:
+            print(f"{path}: " + ", ".join(f"{label} {score:.3f}"
+                                          for _, label, score in result.top), flush=True)

@@ -127,5 +127,12 @@ class Model:
         best = np.argsort(-scores, kind="stable")[:top_k]
         return Prediction(path, [(int(i), self._label(i), float(scores[i])) for i in best])
 
+    def close(self) -> None:
+        """Releases MediaPipe's classifier now (its own finaliser fails when it runs
+        at interpreter exit)."""
+        if self._mediapipe is not None:
+            self._mediapipe.close()
+            self._mediapipe = None
+
     def _label(self, index) -> str:
         return self.labels[index] if index < len(self.labels) else str(index)

@@ -45,6 +45,11 @@ def test_library_chatter_is_held_back_unless_verbose(exported, tmp_path):
     verbose = run_cli("predict.py", "--model", tflite, str(image), "--verbose")
     assert verbose.returncode == 0 and _library_lines(verbose.stderr)
     assert verbose.stdout == quiet.stdout
+    # A bad image after a good one: its line is the last, nothing after it at
+    # exit (MediaPipe's finaliser once failed there).
+    failed = run_cli("predict.py", "--model", tflite, str(image), str(tmp_path / "gone.png"))
+    assert failed.stdout == quiet.stdout
+    assert_one_line_error(failed, "gone.png: not found")
 
 
 def test_a_failure_shows_what_the_libraries_printed(capfd):
