@@ -1,8 +1,7 @@
 """The command-line entry points (`mnv3-train`, `mnv3-export`, `mnv3-predict`,
 and the scripts train.py / export_tflite.py / predict.py that call the same
-functions), and their shared
-plumbing: every way a user can get the input wrong ends in one `error: ...`
-line on stderr and exit status 2.
+functions), and their shared plumbing: every way a user can get the input
+wrong ends in one `error: ...` line on stderr and exit status 2.
 
 Each command is `main(argv) -> exit status`, so tests can run it in-process.
 """

@@ -33,18 +33,19 @@ def captured_stderr():
         try:
             yield captured
         except BaseException:
-            _restore(saved, log, captured)
+            captured.text = _restore(saved, log)
             sys.stderr.write(captured.text)
             raise
-        _restore(saved, log, captured)
+        captured.text = _restore(saved, log)
 
 
-def _restore(saved: int, log, captured: Captured) -> None:
+def _restore(saved: int, log) -> str:
+    """Points fd 2 back at `saved`; returns what was written to `log`."""
     sys.stderr.flush()
     os.dup2(saved, 2)
     os.close(saved)
     log.seek(0)
-    captured.text = log.read().decode("utf-8", "replace")
+    return log.read().decode("utf-8", "replace")
 
 
 @contextlib.contextmanager
@@ -77,11 +78,8 @@ def libraries_quiet():
 
 
 def _end_quiet(saved: int, log, terminal) -> str:
-    sys.stderr.flush()
     if terminal:
+        terminal.flush()
         sys.stderr = sys.__stderr__
         terminal.close()
-    os.dup2(saved, 2)
-    os.close(saved)
-    log.seek(0)
-    return log.read().decode("utf-8", "replace")
+    return _restore(saved, log)

@@ -84,19 +84,25 @@ _CALIBRATE_ONLY = "TFLiteConverter._experimental_calibrate_only"
 _QUANTIZE = "tensorflow.lite.python.convert.mlir_quantize"
 
 
-def calibrate_only(converter) -> bytes:
-    """The float model with empty min/max slots (the converter must already hold a
-    representative_dataset; one sample is enough to lay the slots out)."""
+def _require_calibrate_only(converter) -> None:
     if not hasattr(converter, "_experimental_calibrate_only"):
         raise InternalMissing(_CALIBRATE_ONLY, "does not exist")
+
+
+def calibrate_only(converter):
+    """The float model with empty min/max slots, as bytes and parsed (ModelT).
+    The converter must already hold a representative_dataset; one sample is
+    enough to lay the slots out."""
+    _require_calibrate_only(converter)
     converter._experimental_calibrate_only = True  # pylint: disable=protected-access
     try:
         calibrated = converter.convert()
     finally:  # the converter stays usable for a plain conversion
         converter._experimental_calibrate_only = False  # pylint: disable=protected-access
-    if not calibration_slots(read_tflite(calibrated)):
+    model = read_tflite(calibrated)
+    if not calibration_slots(model):
         raise InternalMissing(_CALIBRATE_ONLY, "gave a model without min/max slots")
-    return calibrated
+    return calibrated, model
 
 
 def calibration_slots(model) -> list[int]:
@@ -153,12 +159,19 @@ def check_optimizer_hooks(optimizer_class) -> None:
 # --- LiteRT: the interpreter's list of ops -----------------------------------------
 # The public API lists tensors only; tests and the op profiler need the ops.
 
+_INTERPRETER_OPS = "ai_edge_litert Interpreter._get_ops_details"
+
+
+def _ops_method(interpreter):
+    ops = getattr(interpreter, "_get_ops_details", None)
+    if not callable(ops):
+        raise InternalMissing(_INTERPRETER_OPS, "does not exist")
+    return ops
+
+
 def interpreter_ops(interpreter) -> list[dict]:
     """The ops of a LiteRT Interpreter in execution order (op_name, inputs, outputs)."""
-    ops = getattr(interpreter, "_get_ops_details", None)
-    if ops is None:
-        raise InternalMissing("ai_edge_litert Interpreter._get_ops_details", "does not exist")
-    return ops()
+    return _ops_method(interpreter)()
 
 
 def problems() -> dict[str, str]:
@@ -174,7 +187,7 @@ def problems() -> dict[str, str]:
             lambda: producer(keras.layers.ReLU()(keras.Input((1,)))),
         "keras.optimizers.Optimizer hooks":
             lambda: check_optimizer_hooks(keras.optimizers.Optimizer),
-        "ai_edge_litert Interpreter._get_ops_details": _check_interpreter_ops,
+        _INTERPRETER_OPS: _check_interpreter_ops,
     }
     found = {}
     for name, check in checks.items():
@@ -188,8 +201,7 @@ def problems() -> dict[str, str]:
 def _check_interpreter_ops() -> None:
     from ai_edge_litert.interpreter import Interpreter
 
-    if not callable(getattr(Interpreter, "_get_ops_details", None)):
-        raise InternalMissing("ai_edge_litert Interpreter._get_ops_details", "does not exist")
+    _ops_method(Interpreter)
 
 
 def _check_calibrate_only() -> None:
@@ -199,10 +211,8 @@ def _check_calibrate_only() -> None:
     module = tf.Module()
     module.add_one = tf.function(lambda x: x + 1.0,
                                  input_signature=[tf.TensorSpec([1], tf.float32)])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [module.add_one.get_concrete_function()], module)
-    if not hasattr(converter, "_experimental_calibrate_only"):
-        raise InternalMissing(_CALIBRATE_ONLY, "does not exist")
+    _require_calibrate_only(tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.add_one.get_concrete_function()], module))
 
 
 if __name__ == "__main__":

@@ -106,8 +106,7 @@ def int8_model(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarray]
 def _with_our_ranges(converter, samples, percentile, mode, output_range) -> bytes:
     # One sample is enough to lay out the min/max slots; ours overwrite them.
     converter.representative_dataset = lambda: iter([[samples[0]]])
-    float_model = tf_internals.calibrate_only(converter)
-    model = tf_internals.read_tflite(float_model)
+    float_model, model = tf_internals.calibrate_only(converter)
     graph = model.subgraphs[0]
     slots = tf_internals.calibration_slots(model)
     # These ranges are what the values mean, not statistics: pinned, so the uint8

@@ -140,6 +140,7 @@ class Reference:
     targets: np.ndarray
     predicted: np.ndarray
     misclassified: list  # (HxWx3 uint8 image, true, predicted, score), the first few
+    probe: np.ndarray  # the first eval images, for each file's out-of-process check
 
 
 # --- 2. each mode ------------------------------------------------------------------
@@ -161,7 +162,7 @@ class Target:
 def keras_row(target: Target, data: EvalData, best_model: str) -> tuple[dict, Reference]:
     """The trained Keras model's report row, and its predictions: the reference
     every mode is compared with."""
-    targets, predicted, misclassified = [], [], []
+    targets, predicted, misclassified, probe = [], [], [], None
     progress = Progress(data.expected, "keras: evaluating")
     for images, truth in data.batches():
         progress.add(len(images))
@@ -170,6 +171,8 @@ def keras_row(target: Target, data: EvalData, best_model: str) -> tuple[dict, Re
             raise UserError(f"{best_model}: gives non-finite scores on the eval images; "
                             "this model cannot be exported (retrain it)")
         pred = np.argmax(scores, axis=-1)
+        if probe is None:
+            probe = images[:4].copy()
         for i in np.nonzero(pred != truth)[0][:MISCLASSIFIED_SHOWN - len(misclassified)]:
             image = np.clip(np.round(images[i]), 0, 255).astype(np.uint8)
             misclassified.append((image, int(truth[i]), int(pred[i]),
@@ -179,7 +182,8 @@ def keras_row(target: Target, data: EvalData, best_model: str) -> tuple[dict, Re
     progress.close()
     if not targets:
         raise UserError("no evaluation images could be read")
-    reference = Reference(np.concatenate(targets), np.concatenate(predicted), misclassified)
+    reference = Reference(np.concatenate(targets), np.concatenate(predicted), misclassified,
+                          probe)
     say(f"keras: {len(reference.targets)} eval images, top-1 "
         f"{100 * np.mean(reference.predicted == reference.targets):.2f}%")
     row = {"mode": "keras", "file": os.path.basename(best_model),
@@ -224,7 +228,7 @@ def export_mode(target: Target, mode: Mode, data: EvalData, reference: Reference
     say(f"{mode.name}: converted in {time.perf_counter() - started:.1f} s "
         f"({len(tflite) / 2**20:.2f} MB); checking and evaluating it")
     # In another process first: a crash there fails the export, not this one.
-    check_out_of_process(path, next(data.batches())[0][:4], len(target.labels))
+    check_out_of_process(path, reference.probe, len(target.labels))
     classifier = Classifier(tflite, threads=cfg.export.threads)
     types = (np.dtype(classifier.input["dtype"]).name, np.dtype(classifier.output["dtype"]).name)
     if types != (mode.input_type, mode.output_type):
