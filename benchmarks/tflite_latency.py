@@ -70,7 +70,7 @@ def main(argv):
     import numpy as np
 
     from mnv3.data.synthetic import generate
-    from mnv3.export.evaluate import Classifier
+    from mnv3.export.evaluate import TFLiteModel
 
     keras.utils.set_random_seed(0)
     calibration = generate(args.calibration_images, args.image_size, seed=1)[0].astype(np.float32)
@@ -80,7 +80,7 @@ def main(argv):
     for who, make in (("our", _our_tflite), ("keras", _keras_applications_tflite)):
         for mode in ("float", "int8"):
             tflite = make(args.variant, args.image_size, calibration, mode == "int8")
-            classifiers[f"{who}_{mode}"] = Classifier(tflite)
+            classifiers[f"{who}_{mode}"] = TFLiteModel(tflite)
             result[f"{who}_{mode}_mb"] = round(len(tflite) / 2**20, 2)
     # The four models take turns, round after round: this machine's speed drifts
     # by 10-20% over minutes, and turns keep that drift out of the ratios.

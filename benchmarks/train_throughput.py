@@ -48,7 +48,7 @@ def time_ours(variant, image_size, batch_size, steps, warmup, classes=10,
               steps_per_execution=1) -> float:
     import tensorflow as tf
 
-    from mnv3 import config as config_lib
+    from mnv3 import config as config_lib, tasks
     from mnv3.data.pipeline import Pipeline
     from mnv3.data.sources import Source, Split
     from mnv3.run_dir import RunDir
@@ -59,7 +59,8 @@ def time_ours(variant, image_size, batch_size, steps, warmup, classes=10,
                                  f"train.steps_per_execution={steps_per_execution}"])
     data = _batches(image_size, batch_size, classes)
     split = Split(lambda seed: data, batch_size * steps)
-    pipeline = Pipeline(Source(split, split, [str(i) for i in range(classes)]), cfg)
+    pipeline = Pipeline(Source(split, split, [str(i) for i in range(classes)]), cfg,
+                        tasks.get(cfg))
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, RunDir(tmp), tf.distribute.get_strategy(), pipeline)
         iterator = iter(trainer.distribute(data))

@@ -40,6 +40,23 @@ def _field(default, help: str, *, min=None, max=None, min_exclusive=False):
 
 
 @dataclass
+class TaskConfig:
+    name: Literal["classification", "segmentation"] = _field(
+        "classification", "What the network predicts: a class per image, or a class "
+        "per pixel (the paper's LR-ASPP head; data needs masks).")
+    output_stride: Literal[8, 16, 32] = _field(
+        16, "`segmentation`: the backbone's total stride; the stages past it run "
+        "dilated for denser features (paper: 16; 8 costs more, 32 is undilated).")
+    reduced_tail: bool = _field(
+        True, "`segmentation`: halve the channels of the last stage, as the paper's "
+        "segmentation models do (cheaper, no loss of accuracy there). These layers "
+        "then start afresh under model.init_from.")
+    head_channels: int = _field(
+        128, "`segmentation`: width of the LR-ASPP head's 1x1 branch (paper: 128).",
+        min=8, max=4096)
+
+
+@dataclass
 class ModelConfig:
     variant: Literal["large", "small"] = _field(
         "small", "MobileNetV3 size: `large` or `small` (paper tables 1 and 2).")
@@ -82,12 +99,23 @@ class DataConfig:
         "synthetic", "Where images come from: built-in `synthetic` shapes, a class-per-"
         "folder directory, a TFDS dataset, or ImageNet-layout TFRecord shards.")
     train_dir: Optional[str] = _field(
-        None, "`folder`: directory with one sub-folder per class; `tfrecord`: "
-        "directory of training shards.")
+        None, "`folder`: directory with one sub-folder per class (segmentation: "
+        "`images/` and `masks/`, an image and its PNG mask sharing a file stem); "
+        "`tfrecord`: directory of training shards.")
     eval_dir: Optional[str] = _field(
         None, "Evaluation data in the same form; when unset, `val_fraction` of train "
         "is held out.")
-    image_size: int = _field(224, "Square input resolution in pixels.", min=32, max=1024)
+    image_size: int = _field(224, "Square input resolution in pixels (the height "
+                             "when `image_width` is set).", min=32, max=1024)
+    image_width: Optional[int] = _field(
+        None, "`segmentation`: input width, for frames that are not square (CamVid: "
+        "image_size 360, image_width 480); null: square.", min=32, max=2048)
+    ignore_index: int = _field(
+        255, "`segmentation`: mask value for pixels that count in no loss or metric "
+        "(CamVid: 11, void).", min=0, max=255)
+    scale_range: list[float] = _field(
+        [0.5, 2.0], "`segmentation` training: range of the random rescaling before "
+        "the crop (image and mask together).")
     classes: Optional[str] = _field(
         None, "A fixed class list: `imagenet` (ImageNet-1k: folders named by WordNet id "
         "like n01440764, labels in ImageNet's order, English names in labels.txt) or "
@@ -119,7 +147,7 @@ class DataConfig:
     synthetic_images: int = _field(
         6000, "`synthetic`: how many images to generate.", min=100, max=1_000_000)
     train_crop: Literal["random_resized", "pad_and_crop", "none"] = _field(
-        "random_resized", "Training crop: Inception random-resized crop, pad-and-crop "
+        "random_resized", "Classification training crop: Inception random-resized crop, pad-and-crop "
         "for small images (CIFAR), or none (resize only).")
     crop_scale: list[float] = _field(
         [0.08, 1.0], "random_resized: range of the crop's share of the image area.")
@@ -257,6 +285,7 @@ class RuntimeConfig:
 
 @dataclass
 class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -375,7 +404,42 @@ def _apply(section_obj, values: dict, where: str):
         setattr(section_obj, key, value)
 
 
+# Keys that mean something for one task only: set for another, they are refused.
+CLASSIFICATION_ONLY = {"data.randaugment_ops": 0, "data.mixup_alpha": 0.0,
+                       "data.cutmix_alpha": 0.0, "train.freeze_backbone_epochs": 0,
+                       "train.label_smoothing": 0.0, "model.feature_outputs": False}
+SEGMENTATION_ONLY = {"data.image_width": None}
+
+
+def _check_task(cfg: Config):
+    segmentation = cfg.task.name == "segmentation"
+    other = CLASSIFICATION_ONLY if segmentation else SEGMENTATION_ONLY
+    for key, neutral in other.items():
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) != neutral:
+            raise ConfigError(f"{key}: not for task.name: {cfg.task.name}")
+    if not segmentation:
+        return
+    if cfg.data.source not in ("synthetic", "folder"):
+        raise ConfigError(f"data.source: {cfg.data.source} has no masks; segmentation "
+                          "reads `folder` (images/ and masks/) or `synthetic`")
+    lo, hi = (cfg.data.scale_range + [0, 0])[:2]
+    if len(cfg.data.scale_range) != 2 or not 0 < lo <= hi:
+        raise ConfigError(f"data.scale_range: expected [low, high] with 0 < low <= high, "
+                          f"got {cfg.data.scale_range}")
+    if cfg.model.remove_early_strides:
+        raise ConfigError("model.remove_early_strides: not for segmentation (use "
+                          "task.output_stride)")
+    if not cfg.model.include_top:
+        raise ConfigError("model.include_top: segmentation always has its head")
+    if cfg.data.ignore_index < cfg.data.num_classes:
+        raise ConfigError(f"data.ignore_index: {cfg.data.ignore_index} is a class "
+                          f"(data.num_classes is {cfg.data.num_classes}); use a value "
+                          f">= {cfg.data.num_classes}")
+
+
 def _check_consistency(cfg: Config):
+    _check_task(cfg)
     for key in ("crop_scale", "crop_ratio"):
         lo_hi = getattr(cfg.data, key)
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
@@ -416,6 +480,8 @@ def _check_consistency(cfg: Config):
         except UserError as e:
             raise ConfigError(str(e)) from None
     total_stride = 2 ** (5 - cfg.model.remove_early_strides)
+    if cfg.task.name == "segmentation":
+        total_stride = cfg.task.output_stride
     if cfg.data.image_size < total_stride:
         raise ConfigError(
             f"data.image_size: {cfg.data.image_size} px is smaller than the network's "

@@ -21,7 +21,7 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 def pytest_collection_modifyitems(items):
     """The tests that need a shared trained run go first: under pytest-xdist one
     worker builds it while the other starts on the rest, instead of waiting."""
-    shared = {"learned_run", "exported", "pretrained_run"}
+    shared = {"learned_run", "exported", "pretrained_run", "segmenter"}
     items.sort(key=lambda item: 0 if shared & set(item.fixturenames)
                else 1 if item.get_closest_marker("slow") else 2)
 

@@ -13,7 +13,7 @@ from mnv3.export.calibrate import Tails
 from mnv3.export import modes
 from mnv3.tf_internals import interpreter_ops
 from mnv3.export.convert import convert
-from mnv3.export.evaluate import Classifier
+from mnv3.export.evaluate import TFLiteModel
 from mnv3.export.graph import export_graph, scale_input
 from mnv3.export.metadata import associated_files, read_metadata
 from mnv3.model import build_from_config
@@ -110,7 +110,7 @@ def test_a_missing_internal_falls_back_to_the_public_converter_with_a_warning(
                 if line.startswith("warning: ")]
     assert warnings and all(module in line and "pin" in line for line in warnings)
     assert "calibrated by the converter instead" in warnings[0]
-    got = Classifier(tflite)
+    got = TFLiteModel(tflite)
     # Still a full-integer model whose uint8 input means what the metadata says.
     assert got.input["dtype"] == np.uint8
     assert got.input["quantization"] == pytest.approx((1 / 127.5, 127))
@@ -152,13 +152,13 @@ def test_int8_calibration_gives_each_tensor_its_own_range():
     pixels = np.random.default_rng(1).uniform(100, 150, (16, 1, 8, 8, 3)).astype(np.float32)
     samples = list(scale_input(pixels))
     tflite = convert(model, INT8, samples, percentile=100.0)
-    runner = Classifier(tflite).runner
+    runner = TFLiteModel(tflite).runner
     tensors = {d["name"]: d["quantization"] for d in runner.get_tensor_details()}
     gate_scale, = [q[0] for name, q in tensors.items() if "gate" in name and "Relu6" in name]
     assert gate_scale == pytest.approx(6 / 255, rel=0.01)
     # Pixels that never reach 0 or 255 still give the input its fixed meaning.
     assert runner.get_input_details()[0]["quantization"] == pytest.approx((1 / 127.5, 127))
-    got = Classifier(tflite)
+    got = TFLiteModel(tflite)
     for x, raw in zip(samples, pixels):
         np.testing.assert_allclose(got(raw[0]), model(x).numpy()[0], atol=0.01)
 
@@ -168,7 +168,7 @@ def test_int8_output_float_softmax_and_calibrated_logits():
     samples = list(scale_input(pixels))
     # Float output: the softmax runs in float (int8 would give steps of 1/256).
     model = _hard_swish_model()
-    runner = Classifier(convert(model, INT8, samples)).runner
+    runner = TFLiteModel(convert(model, INT8, samples)).runner
     tensors = {d["index"]: d for d in runner.get_tensor_details()}
     softmax, = [op for op in interpreter_ops(runner) if op["op_name"] == "SOFTMAX"]
     assert tensors[softmax["inputs"][0]]["dtype"] == np.float32
@@ -177,7 +177,7 @@ def test_int8_output_float_softmax_and_calibrated_logits():
     model = _hard_swish_model(softmax=False)
     want = np.concatenate([model(x).numpy() for x in samples])
     assert want.min() < -0.5 and want.max() > 1.5
-    got = Classifier(convert(model, INT8, samples, output_range=None))
+    got = TFLiteModel(convert(model, INT8, samples, output_range=None))
     spread = want.max() - want.min()
     for x, raw, expected in zip(samples, pixels, want):
         np.testing.assert_allclose(got(raw[0]), expected, atol=0.03 * spread)
@@ -189,8 +189,8 @@ def test_uint8_input_is_quantized_through_float_with_the_same_values():
     pixels = np.random.default_rng(3).uniform(0, 255, (16, 1, 8, 8, 3)).astype(np.float32)
     samples = list(scale_input(pixels))
     model = _hard_swish_model()
-    from_uint8 = Classifier(convert(model, modes.get("int8", "uint8", "int8"), samples))
-    from_int8 = Classifier(convert(model, modes.get("int8", "int8", "int8"), samples))
+    from_uint8 = TFLiteModel(convert(model, modes.get("int8", "uint8", "int8"), samples))
+    from_int8 = TFLiteModel(convert(model, modes.get("int8", "int8", "int8"), samples))
     ops = interpreter_ops(from_uint8.runner)
     tensors = {d["index"]: d for d in from_uint8.runner.get_tensor_details()}
     assert [op["op_name"] for op in ops[:2]] == ["DEQUANTIZE", "QUANTIZE"]
@@ -287,7 +287,7 @@ def test_signature_io_types_and_metadata(exported):
                                    ("int8", np.uint8, 127.5, 127.5)]:
         path = glob.glob(os.path.join(model_dir, "export", f"*_{mode}.tflite"))[0]
         data = open(path, "rb").read()
-        classifier = Classifier(data)
+        classifier = TFLiteModel(data)
         signature = classifier.runner.get_signature_list()
         assert signature == {"serving_default": {"inputs": ["image"],
                                                  "outputs": ["probabilities"]}}
@@ -335,7 +335,7 @@ def test_mediapipe_image_classifier_agrees_with_our_interpreter(exported):
     images = _real_photos(64) + list(generate(10, 64, seed=7)[0])
     for mode in ["float32", "int8"]:
         path = glob.glob(os.path.join(model_dir, "export", f"*_{mode}.tflite"))[0]
-        ours = Classifier(open(path, "rb").read())
+        ours = TFLiteModel(open(path, "rb").read())
         expected = [int(np.argmax(ours(image.astype(np.float32)))) for image in images]
         got = _mediapipe_top1(path, images)
         assert [index for index, _ in got] == expected, mode
@@ -472,7 +472,7 @@ def test_an_int8_model_that_crashes_the_interpreter_is_not_published(tmp_path):
     with pytest.raises(UserError, match="interpreter crashed running it"):
         with open(path, "wb") as f:
             f.write(convert(graph, INT8, samples))
-        check_out_of_process(path, np.zeros((2, 32, 32, 3), np.float32), 10)
+        check_out_of_process(path, np.zeros((2, 32, 32, 3), np.float32), (10,))
 
 
 @pytest.mark.slow

@@ -80,10 +80,10 @@ def _direct_predictions(model_dir, eval_images):
     import keras
 
     from mnv3.data import make_pipeline
-    from mnv3.export.evaluate import Classifier
+    from mnv3.export.evaluate import TFLiteModel
 
     keras_model = keras.saving.load_model(os.path.join(model_dir, "best.keras"))
-    int8 = Classifier(open(glob.glob(os.path.join(model_dir, "export", "*_int8.tflite"))[0],
+    int8 = TFLiteModel(open(glob.glob(os.path.join(model_dir, "export", "*_int8.tflite"))[0],
                            "rb").read())
     targets, by_keras, by_int8 = [], [], []
     for images, onehot in make_pipeline(tiny_cfg(*LEARN, *EXPORT)).eval(batch_size=64):

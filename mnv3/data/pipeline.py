@@ -1,8 +1,9 @@
 """The input pipeline: source -> decode/augment -> batch -> prefetch.
 
-Batches are (images, one-hot labels). Images are uint8 0..255 (float32 after
-MixUp/CutMix, which blend pixels); labels are one-hot float32 so label
-smoothing and mixing need no special cases in the loss.
+Batches are (images, labels). Images are uint8 0..255 (float32 after
+MixUp/CutMix, which blend pixels). The task (mnv3.tasks) reads its source and
+gives each example's views and label form: one-hot float32 class labels for
+classification, int32 masks for segmentation.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import keras
 import tensorflow as tf
 
 from mnv3.config import Config, DataConfig
-from mnv3.data import preprocess
 from mnv3.data.folder import first_undecodable
-from mnv3.data.sources import HOLDOUT_SEED, Source, load_source
+from mnv3.data.masks import MASK_RANGE_MESSAGE
+from mnv3.data.sources import HOLDOUT_SEED, Source
 from mnv3.errors import UserError, first_line
+from mnv3.tasks.classification import LABEL_RANGE_MESSAGE
 
 AUTOTUNE = tf.data.AUTOTUNE
-LABEL_RANGE_MESSAGE = "a label is outside 0..data.num_classes-1"
 
 
 def _epoch_seed(seed: int | None, epoch: int, stream: str) -> int | None:
@@ -29,14 +30,6 @@ def _epoch_seed(seed: int | None, epoch: int, stream: str) -> int | None:
     if seed is None:
         return None
     return zlib.crc32(f"{seed}/{epoch}/{stream}".encode()) & 0x7FFFFFFF
-
-
-def _check_label(image, label, num_classes):
-    checks = [tf.debugging.assert_less(label, num_classes, message=LABEL_RANGE_MESSAGE),
-              tf.debugging.assert_non_negative(label, message=LABEL_RANGE_MESSAGE)]
-    with tf.control_dependencies(checks):
-        label = tf.identity(label)
-    return image, tf.one_hot(label, num_classes, dtype=tf.float32)
 
 
 def _mix(cfg: DataConfig, seed: int | None):
@@ -63,9 +56,10 @@ def _mix(cfg: DataConfig, seed: int | None):
 class Pipeline:
     """Everything the trainer and exporter need to read the configured data."""
 
-    def __init__(self, source: Source, cfg: Config):
+    def __init__(self, source: Source, cfg: Config, task):
         self.source = source
         self.cfg = cfg
+        self.task = task
         self._cached_train = None  # one in-memory cache, reused by every epoch
 
     @property
@@ -91,8 +85,7 @@ class Pipeline:
             # shuffle buffer over that order would feed a few classes at a time.)
             if self._cached_train is None:
                 self._cached_train = self.source.train.make(HOLDOUT_SEED).map(
-                    lambda x, y: (preprocess.decode(x), y),
-                    num_parallel_calls=AUTOTUNE).cache()
+                    self.task.decode, num_parallel_calls=AUTOTUNE).cache()
             ds = self._cached_train.shuffle(self.source.train.size,
                                             seed=_epoch_seed(seed, epoch, "order"))
         else:
@@ -110,8 +103,7 @@ class Pipeline:
                 factor=d.randaugment_magnitude, seed=_epoch_seed(seed, epoch, "randaug"))
 
         def augment(example, image_seed):
-            image, label = example
-            image = preprocess.train_view(image, image_seed, d)
+            image, label = self.task.train_view(*example, image_seed)
             if randaugment is not None:
                 image = tf.cast(tf.clip_by_value(
                     randaugment(tf.cast(image, tf.float32)), 0, 255), tf.uint8)
@@ -123,19 +115,16 @@ class Pipeline:
 
     def eval(self, batch_size: int | None = None) -> tf.data.Dataset:
         """The evaluation data with eval preprocessing, in a fixed order."""
-        d = self.cfg.data
         ds = self.source.eval.make(None)
-        ds = ds.map(lambda x, y: (preprocess.eval_view(x, d), y),
-                    num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.map(self.task.eval_view, num_parallel_calls=AUTOTUNE, deterministic=True)
         return self._finish(ds, batch_size, training=False)
 
     def calibration(self, count: int) -> tf.data.Dataset:
         """`count` training images with eval preprocessing, one at a time: what int8
         calibration sees is what the phone will (fixed order, no augmentation)."""
-        d = self.cfg.data
         ds = self.source.train.make(HOLDOUT_SEED).take(count)
-        ds = ds.map(lambda x, y: (preprocess.eval_view(x, d), y), num_parallel_calls=AUTOTUNE)
-        if not d.strict:
+        ds = ds.map(self.task.eval_view, num_parallel_calls=AUTOTUNE)
+        if not self.cfg.data.strict:
             ds = ds.ignore_errors()
         return ds.map(lambda x, y: x)
 
@@ -143,7 +132,7 @@ class Pipeline:
         if not self.cfg.data.strict:
             # Unreadable images that passed the cheap file checks are dropped here.
             ds = ds.ignore_errors(log_warning=True)
-        ds = ds.map(lambda x, y: _check_label(x, y, self.cfg.data.num_classes))
+        ds = ds.map(self.task.check_label)
         ds = ds.batch(batch_size or self.cfg.train.batch_size, drop_remainder=training,
                       num_parallel_calls=AUTOTUNE)
         if mix is not None:
@@ -163,6 +152,10 @@ def user_errors_from_data(pipeline: Pipeline):
             raise UserError(f"{LABEL_RANGE_MESSAGE} (data.num_classes is "
                             f"{pipeline.cfg.data.num_classes}; for TFRecords check "
                             "data.label_offset)") from None
+        if MASK_RANGE_MESSAGE in str(e):
+            raise UserError(f"{MASK_RANGE_MESSAGE} (data.num_classes is "
+                            f"{pipeline.cfg.data.num_classes}, data.ignore_index "
+                            f"{pipeline.cfg.data.ignore_index})") from None
         reason = first_line(e)
         print("an image failed to decode; looking for the file...", file=sys.stderr,
               flush=True)
@@ -177,4 +170,7 @@ def user_errors_from_data(pipeline: Pipeline):
 
 def make_pipeline(cfg: Config) -> Pipeline:
     """Loads the configured source (listing and checking files) once."""
-    return Pipeline(load_source(cfg.data, seed=cfg.runtime.seed or 0), cfg)
+    from mnv3 import tasks
+
+    task = tasks.get(cfg)
+    return Pipeline(task.load_source(seed=cfg.runtime.seed or 0), cfg, task)

@@ -83,3 +83,34 @@ def generate(count: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarr
         image += rng.normal(0, 12, image.shape)
         images[i] = np.clip(image, 0, 255).astype(np.uint8)
     return images, labels
+
+
+# Segmentation: class 0 is the background, then one class per shape.
+SHAPES = ["disc", "square", "triangle", "ring", "cross", "frame"]
+SEGMENTATION_CLASS_NAMES = ["background", *SHAPES]
+
+
+def generate_masks(count: int, size: int, seed: int = 0,
+                   max_shapes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """`count` uint8 images (count x size x size x 3) with 1..max_shapes shapes
+    each, and their masks (count x size x size, the class index per pixel; a
+    later shape covers an earlier one)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    images = np.empty((count, size, size, 3), np.uint8)
+    masks = np.zeros((count, size, size), np.uint8)
+    for i in range(count):
+        background = rng.uniform(0, 255, 3)
+        image = np.broadcast_to(background, (size, size, 3)).copy()
+        for _ in range(rng.integers(1, max_shapes + 1)):
+            label = int(rng.integers(1, len(SEGMENTATION_CLASS_NAMES)))
+            shape = _shape_mask(SHAPES[label - 1], yy, xx, size, rng)
+            while True:  # each shape stands out from the background
+                colour = rng.uniform(0, 255, 3)
+                if np.linalg.norm(colour - background) > 120:
+                    break
+            image[shape] = colour
+            masks[i][shape] = label
+        image += rng.normal(0, 12, image.shape)
+        images[i] = np.clip(image, 0, 255).astype(np.uint8)
+    return images, masks

@@ -2,7 +2,7 @@
 published: a model with broken quantization can crash the interpreter (a
 segfault or an abort), and that must fail the export, not the user's app.
 
-    python -m mnv3.export.check MODEL.tflite IMAGES.npy   # exit 0: it runs
+    python -m mnv3.export.check MODEL.tflite IMAGES.npy 1000  # exit 0: it runs
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import numpy as np
 from mnv3.errors import UserError
 
 
-def check_out_of_process(path: str, images: np.ndarray, num_classes: int) -> None:
-    """Raises UserError unless the model at `path` loads and gives finite scores
-    for `num_classes` classes on every image (HxWx3 pixels 0..255)."""
+def check_out_of_process(path: str, images: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Raises UserError unless the model at `path` loads and gives finite outputs
+    of `shape` (per image) on every image (HxWx3 pixels 0..255)."""
     with tempfile.NamedTemporaryFile(suffix=".npy") as f:
         np.save(f, images.astype(np.float32))
         f.flush()
@@ -29,7 +29,7 @@ def check_out_of_process(path: str, images: np.ndarray, num_classes: int) -> Non
                "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
         result = subprocess.run(
             [sys.executable, "-m", "mnv3.export.check", os.path.abspath(path), f.name,
-             str(num_classes)], capture_output=True, text=True, env=env, timeout=600)
+             "x".join(map(str, shape))], capture_output=True, text=True, env=env, timeout=600)
     name = os.path.basename(path)
     if result.returncode < 0:
         sig = signal.Signals(-result.returncode).name
@@ -41,18 +41,19 @@ def check_out_of_process(path: str, images: np.ndarray, num_classes: int) -> Non
 
 
 def main(argv) -> int:
-    from mnv3.export.evaluate import Classifier
+    from mnv3.export.evaluate import TFLiteModel
 
-    path, images_path, num_classes = argv[0], argv[1], int(argv[2])
+    path, images_path = argv[0], argv[1]
+    shape = tuple(int(n) for n in argv[2].split("x"))
     with open(path, "rb") as f:
-        classifier = Classifier(f.read())
+        model = TFLiteModel(f.read())
     for image in np.load(images_path):
-        scores = classifier(image)
-        if scores.shape != (num_classes,):
-            print(f"gives {scores.shape[0]} scores, expected {num_classes}", file=sys.stderr)
+        out = model(image)
+        if out.shape != shape:
+            print(f"gives an output of shape {out.shape}, expected {shape}", file=sys.stderr)
             return 1
-        if not np.all(np.isfinite(scores)):
-            print("gives non-finite scores", file=sys.stderr)
+        if not np.all(np.isfinite(out)):
+            print("gives non-finite outputs", file=sys.stderr)
             return 1
     return 0
 

@@ -16,7 +16,7 @@ def interpreter(model: bytes, threads: int = 1):
     return runner
 
 
-class Classifier:
+class TFLiteModel:
     """Feeds 0..255 RGB pixels to a .tflite, quantizing them the way its input says."""
 
     def __init__(self, model: bytes, threads: int = 1):
@@ -34,7 +34,7 @@ class Classifier:
         return (np.clip(np.round(pixels), 0, 255) - 128).astype(np.int8)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        """Scores for one HxWx3 image (float probabilities)."""
+        """The output for one HxWx3 image, dequantized."""
         self.runner.set_tensor(self.input["index"], self._prepare(pixels)[None])
         self.runner.invoke()
         out = self.runner.get_tensor(self.output["index"])[0]

@@ -1,5 +1,5 @@
-"""The graph that is converted to TFLite: the trained network, rebuilt for batch 1
-and a static size, with two int8-only rewrites that keep what it computes.
+"""The graph that is converted to TFLite: the trained network (any task's),
+rebuilt for batch 1 and a static size, with two int8-only rewrites that keep what it computes.
 
 1. Hard-swish is computed as 6 * hard_swish(x) = x * relu6(x + 3), and every
    linear layer fed by it has its kernel divided by 6 (a residual sum it joins
@@ -18,7 +18,7 @@ from keras import layers
 
 from mnv3.config import Config
 from mnv3.export.modes import Mode
-from mnv3.model import build_model
+from mnv3 import tasks
 from mnv3.tf_internals import producer
 
 _LINEAR = (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)
@@ -85,9 +85,8 @@ def export_graph(trained: keras.Model, cfg: Config, mode: Mode) -> keras.Model:
     the int8 rewrites, and an integer input leaves the input scaling out."""
     hard_swish = TimesSixHardSwish() if mode.integer else None
     options = {"hard_swish": hard_swish} if hard_swish else {}
-    model = build_model(cfg.model, cfg.data.image_size, cfg.data.num_classes,
-                        name=trained.name, batch_size=1,
-                        include_rescaling=not mode.quantized_input, **options)
+    model = tasks.get(cfg).build(cfg, name=trained.name, batch_size=1,
+                                 include_rescaling=not mode.quantized_input, **options)
     kernel_input_scale, bn_factor = _output_scales(model, hard_swish) if hard_swish \
         else ({}, {})
     for layer in model.layers:

@@ -1,6 +1,7 @@
-"""TFLite model metadata, so MediaPipe Tasks' ImageClassifier (what Android apps
-use) loads a model with no code: name, description, input image properties and
-normalisation, and labels.txt as an associated file of the output tensor.
+"""TFLite model metadata, so MediaPipe Tasks' ImageClassifier and ImageSegmenter
+(what Android apps use) load a model with no code: name, description, input
+image properties and normalisation, the output's description, and labels.txt
+as an associated file of the output tensor.
 
 Written with the metadata and TFLite flatbuffer schemas that ship with mediapipe
 (its metadata *writers* import a compiled module the wheel lacks).
@@ -13,6 +14,7 @@ import zipfile
 
 import flatbuffers
 import numpy as np
+from mediapipe.tasks.metadata import image_segmenter_metadata_schema_py_generated as seg_md
 from mediapipe.tasks.metadata import metadata_schema_py_generated as md
 from mediapipe.tasks.metadata import schema_py_generated as tfl
 
@@ -20,8 +22,59 @@ METADATA_NAME = "TFLITE_METADATA"
 LABELS_FILE = "labels.txt"
 
 
+def _labels_file() -> md.AssociatedFileT:
+    labels = md.AssociatedFileT()
+    labels.name = LABELS_FILE
+    labels.description = "Class names, one per line, in output order."
+    labels.type = md.AssociatedFileType.TENSOR_AXIS_LABELS
+    return labels
+
+
+def classifier_output(num_classes: int) -> md.TensorMetadataT:
+    scores = md.TensorMetadataT()
+    scores.name = "probabilities"
+    scores.description = f"Probabilities of the {num_classes} classes in labels.txt."
+    scores.content = md.ContentT()
+    scores.content.contentPropertiesType = md.ContentProperties.FeatureProperties
+    scores.content.contentProperties = md.FeaturePropertiesT()
+    scores.stats = md.StatsT()
+    scores.stats.min, scores.stats.max = [0.0], [1.0]
+    scores.associatedFiles = [_labels_file()]
+    return scores
+
+
+def segmenter_output(num_classes: int) -> md.TensorMetadataT:
+    """Per-pixel class logits, 1 x height x width x classes: for MediaPipe a stack
+    of greyscale masks (content dimensions 1..2), one per class in labels.txt."""
+    logits = md.TensorMetadataT()
+    logits.name = "segmentation_logits"
+    logits.description = (f"Per-pixel logits of the {num_classes} classes in "
+                          "labels.txt, at the input's height and width.")
+    logits.content = md.ContentT()
+    logits.content.contentPropertiesType = md.ContentProperties.ImageProperties
+    logits.content.contentProperties = md.ImagePropertiesT()
+    logits.content.contentProperties.colorSpace = md.ColorSpaceType.GRAYSCALE
+    logits.content.range = md.ValueRangeT()
+    logits.content.range.min, logits.content.range.max = 1, 2
+    logits.associatedFiles = [_labels_file()]
+    return logits
+
+
+def segmenter_softmax() -> md.CustomMetadataT:
+    """MediaPipe's SEGMENTER_METADATA: apply softmax to the logits, so its
+    confidence masks are probabilities (its category mask is their argmax)."""
+    options = seg_md.ImageSegmenterOptionsT()
+    options.activation = seg_md.Activation.SOFTMAX
+    builder = flatbuffers.Builder(0)
+    builder.Finish(options.Pack(builder), b"V001")
+    custom = md.CustomMetadataT()
+    custom.name = "SEGMENTER_METADATA"
+    custom.data = list(builder.Output())
+    return custom
+
+
 def _metadata(name: str, description: str, mean: float, std: float,
-              num_classes: int) -> bytes:
+              output: md.TensorMetadataT, custom: list) -> bytes:
     image = md.TensorMetadataT()
     image.name = "image"
     image.description = ("RGB image, values 0..255 (the model normalises them itself), "
@@ -39,23 +92,11 @@ def _metadata(name: str, description: str, mean: float, std: float,
     image.stats = md.StatsT()
     image.stats.min, image.stats.max = [0.0], [255.0]
 
-    scores = md.TensorMetadataT()
-    scores.name = "probabilities"
-    scores.description = f"Probabilities of the {num_classes} classes in labels.txt."
-    scores.content = md.ContentT()
-    scores.content.contentPropertiesType = md.ContentProperties.FeatureProperties
-    scores.content.contentProperties = md.FeaturePropertiesT()
-    scores.stats = md.StatsT()
-    scores.stats.min, scores.stats.max = [0.0], [1.0]
-    labels = md.AssociatedFileT()
-    labels.name = LABELS_FILE
-    labels.description = "Class names, one per line, in output order."
-    labels.type = md.AssociatedFileType.TENSOR_AXIS_LABELS
-    scores.associatedFiles = [labels]
-
     graph = md.SubGraphMetadataT()
     graph.inputTensorMetadata = [image]
-    graph.outputTensorMetadata = [scores]
+    graph.outputTensorMetadata = [output]
+    if custom:
+        graph.customMetadata = list(custom)
     model = md.ModelMetadataT()
     model.name = name
     model.description = description
@@ -69,12 +110,16 @@ def _metadata(name: str, description: str, mean: float, std: float,
 
 
 def add_metadata(tflite: bytes, *, name: str, description: str, labels: list[str],
-                 mean: float, std: float) -> bytes:
+                 mean: float, std: float, output: md.TensorMetadataT | None = None,
+                 custom: list = ()) -> bytes:
     """`tflite` with metadata inside and labels.txt appended as a zip (the TFLite
-    metadata format: the model stays a valid flatbuffer and a valid zip)."""
+    metadata format: the model stays a valid flatbuffer and a valid zip).
+    `output`: the output tensor's metadata (default: a classifier's scores);
+    `custom`: the subgraph's custom metadata entries."""
+    output = output or classifier_output(len(labels))
     model = tfl.ModelT.InitFromObj(tfl.Model.GetRootAsModel(tflite, 0))
     buffer = tfl.BufferT()
-    buffer.data = np.frombuffer(_metadata(name, description, mean, std, len(labels)),
+    buffer.data = np.frombuffer(_metadata(name, description, mean, std, output, custom),
                                 np.uint8)
     model.buffers.append(buffer)
     entry = tfl.MetadataT()

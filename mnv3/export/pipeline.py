@@ -1,6 +1,7 @@
 """TFLite export of a trained run, in three steps: collect the calibration
 images (eval images stream, so memory does not grow with the eval set), export
-each mode (convert, add metadata, check, evaluate, time), and report.
+each mode (convert, add metadata, check, evaluate, time), and report. What is
+task-specific (scoring, metadata, pictures, report sections) the task gives.
 `run(cfg, model_dir)` does them all and publishes model_dir/export/."""
 
 from __future__ import annotations
@@ -22,18 +23,19 @@ from mnv3.files import (make_staging_dir, publish_directory, recover_directory,
                         write_atomically)
 
 STAGING = ".export-new-"
-MISCLASSIFIED_SHOWN = 16  # eval images kept for the report's picture
 
 
 def run(cfg: Config, model_dir: str) -> dict:
     """Exports every mode in cfg.export.quant; returns the report. The files are
     built and checked in a staging folder, then replace export/ as one set."""
+    from mnv3 import tasks
     from mnv3.export import modes
     from mnv3.export.report import format_table, write_report
     from mnv3.run_dir import RunDir
 
+    task = tasks.get(cfg)
     run_dir = RunDir(model_dir)
-    trained, labels = _load_trained(run_dir, cfg)
+    trained, labels = _load_trained(run_dir, cfg, task)
     if os.path.exists(run_dir.export) and not os.path.isdir(run_dir.export):
         raise UserError(f"{run_dir.export}: in the way of the export directory "
                         "(a file, not a directory)")
@@ -46,15 +48,18 @@ def run(cfg: Config, model_dir: str) -> dict:
         staging = make_staging_dir(model_dir, STAGING)
         try:
             data = collect(cfg)
-            target = Target(trained, cfg, labels, staging)
+            target = Target(trained, cfg, task, labels, staging)
             keras, reference = keras_row(target, data, run_dir.best_model)
             rows = [keras] + [export_mode(target, mode, data, reference)
                               for mode in modes.from_config(cfg.export)]
             write_atomically(os.path.join(staging, "labels.txt"), "\n".join(labels) + "\n")
-            report = {"model": target.name, "eval_images": int(len(reference.targets)),
-                      "threads": cfg.export.threads, "labels": labels, "rows": rows,
-                      "pictures": draw_pictures(target, reference, run_dir.read_metrics())}
-            write_report(report, staging)
+            report = {"model": target.name, "task": task.name,
+                      "eval_images": int(reference.count),
+                      "threads": cfg.export.threads, "labels": labels,
+                      "headline": [list(h) for h in task.headline], "rows": rows,
+                      "pictures": task.pictures(reference, run_dir.read_metrics(),
+                                                staging, target.name)}
+            write_report(report, staging, task.report_sections(report))
             publish_directory(staging, run_dir.export)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -62,7 +67,7 @@ def run(cfg: Config, model_dir: str) -> dict:
     return report
 
 
-def _load_trained(run_dir, cfg: Config):
+def _load_trained(run_dir, cfg: Config, task):
     from mnv3.model.saved import load_keras_file
 
     if not os.path.isdir(run_dir.path):
@@ -80,7 +85,7 @@ def _load_trained(run_dir, cfg: Config):
             raise UserError(f"{run_dir.best_model}: non-finite values in {weight.path}; "
                             "this model cannot be exported (retrain it)")
     labels = run_dir.read_labels(expected=model.output.shape[-1])
-    expected = (cfg.data.image_size, cfg.data.image_size, 3)
+    expected = (*task.input_size, 3)
     if tuple(model.input.shape[1:]) != expected or len(labels) != cfg.data.num_classes:
         raise UserError(f"{run_dir.best_model}: model takes {tuple(model.input.shape[1:])} "
                         f"and gives {model.output.shape[-1]} classes, but the config says "
@@ -94,7 +99,8 @@ def _load_trained(run_dir, cfg: Config):
 class EvalData:
     calibration: list  # HxWx3 float32 pixels 0..255, one per calibration step
     # Each call reads the eval images afresh, in order: (NxHxWx3 float32 pixels
-    # 0..255, N class indices) per batch, export.eval_images at most in all.
+    # 0..255, N targets: class indices, or masks) per batch, export.eval_images at
+    # most in all.
     batches: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
     expected: int  # eval images listed (images that fail to decode are skipped)
 
@@ -120,10 +126,10 @@ def collect(cfg: Config) -> EvalData:
     def batches():
         seen = 0
         with user_errors_from_data(pipeline):
-            for images, onehot in pipeline.eval(batch_size=64):
+            for images, labels in pipeline.eval(batch_size=16):
                 take = limit - seen if limit else None
                 images = images.numpy()[:take].astype(np.float32)
-                targets = np.argmax(onehot.numpy(), axis=-1)[:take]
+                targets = pipeline.task.targets(labels.numpy())[:take]
                 if len(images):
                     yield images, targets
                 seen += len(images)
@@ -134,35 +140,28 @@ def collect(cfg: Config) -> EvalData:
     return EvalData(calibration, batches, min(size, limit) if limit else size)
 
 
-@dataclasses.dataclass
-class Reference:
-    """The Keras model's view of the eval set, which every mode is compared with."""
-    targets: np.ndarray
-    predicted: np.ndarray
-    misclassified: list  # (HxWx3 uint8 image, true, predicted, score), the first few
-    probe: np.ndarray  # the first eval images, for each file's out-of-process check
-
-
 # --- 2. each mode ------------------------------------------------------------------
 
 class Target:
     """The trained model and what every exported file of it shares."""
 
-    def __init__(self, trained, cfg: Config, labels: list[str], out_dir: str):
-        self.trained, self.cfg, self.labels, self.out_dir = trained, cfg, labels, out_dir
-        self.name = f"{trained.name}_{cfg.data.image_size}"
+    def __init__(self, trained, cfg: Config, task, labels: list[str], out_dir: str):
+        self.trained, self.cfg, self.task = trained, cfg, task
+        self.labels, self.out_dir = labels, out_dir
+        height, width = task.input_size
+        self.name = f"{trained.name}_{height}" + (f"x{width}" if width != height else "")
         # train.epochs 0: the starting weights as they are, not a model trained here.
         origin = (f"the {cfg.model.init_from} weights as they are, exported with mnv3"
                   if cfg.train.epochs == 0 else "trained with mnv3")
         self.description = (f"MobileNetV3-{cfg.model.variant.capitalize()} (alpha "
-                            f"{cfg.model.alpha}) image classifier, {len(labels)} classes, "
-                            f"{origin}.")
+                            f"{cfg.model.alpha}) {task.description}, {len(labels)} "
+                            f"classes, {origin}.")
 
 
-def keras_row(target: Target, data: EvalData, best_model: str) -> tuple[dict, Reference]:
-    """The trained Keras model's report row, and its predictions: the reference
+def keras_row(target: Target, data: EvalData, best_model: str) -> tuple[dict, object]:
+    """The trained Keras model's report row, and its scorecard: the reference
     every mode is compared with."""
-    targets, predicted, misclassified, probe = [], [], [], None
+    reference = target.task.scorecard(target.labels)
     progress = Progress(data.expected, "keras: evaluating")
     for images, truth in data.batches():
         progress.add(len(images))
@@ -170,114 +169,58 @@ def keras_row(target: Target, data: EvalData, best_model: str) -> tuple[dict, Re
         if not np.all(np.isfinite(scores)):
             raise UserError(f"{best_model}: gives non-finite scores on the eval images; "
                             "this model cannot be exported (retrain it)")
-        pred = np.argmax(scores, axis=-1)
-        if probe is None:
-            probe = images[:4].copy()
-        for i in np.nonzero(pred != truth)[0][:MISCLASSIFIED_SHOWN - len(misclassified)]:
-            image = np.clip(np.round(images[i]), 0, 255).astype(np.uint8)
-            misclassified.append((image, int(truth[i]), int(pred[i]),
-                                  float(scores[i, pred[i]])))
-        targets.append(truth)
-        predicted.append(pred)
+        reference.add(images, truth, scores)
     progress.close()
-    if not targets:
+    if not reference.count:
         raise UserError("no evaluation images could be read")
-    reference = Reference(np.concatenate(targets), np.concatenate(predicted), misclassified,
-                          probe)
-    say(f"keras: {len(reference.targets)} eval images, top-1 "
-        f"{100 * np.mean(reference.predicted == reference.targets):.2f}%")
+    reference.finish()
+    say(f"keras: {reference.count} eval images, {reference.summary()}")
     row = {"mode": "keras", "file": os.path.basename(best_model),
-           "size_mb": round(os.path.getsize(best_model) / 2**20, 2),
-           "top1": float(np.mean(reference.predicted == reference.targets)),
-           "agreement": 1.0, "latency_ms": None,
-           **_class_figures(reference.targets, reference.predicted, target.labels)}
+           "size_mb": round(os.path.getsize(best_model) / 2**20, 2), "latency_ms": None,
+           **reference.row()}
     return row, reference
 
 
-def _class_figures(targets: np.ndarray, predicted: np.ndarray, labels: list[str]) -> dict:
-    from mnv3.export import analysis
-
-    counts = analysis.confusion(targets, predicted, len(labels))
-    return {"per_class": analysis.per_class(counts, labels),
-            "most_confused": analysis.most_confused(counts, labels),
-            "confusion": analysis.sparse(counts)}
-
-
-def export_mode(target: Target, mode: Mode, data: EvalData, reference: Reference) -> dict:
+def export_mode(target: Target, mode: Mode, data: EvalData, reference) -> dict:
     """Converts, labels, checks and evaluates one mode; returns its report row."""
-    from mnv3.export.calibrate import PROBABILITY_RANGE
     from mnv3.export.check import check_out_of_process
     from mnv3.export.convert import convert
-    from mnv3.export.evaluate import Classifier
+    from mnv3.export.evaluate import TFLiteModel
     from mnv3.export.graph import export_graph, scale_input
-    from mnv3.export.metadata import add_metadata
 
-    cfg = target.cfg
+    cfg, task = target.cfg, target.task
     started = time.perf_counter()
     graph = export_graph(target.trained, cfg, mode)
     samples = [(scale_input(x) if mode.quantized_input else x)[None]
                for x in data.calibration] if mode.integer else []
     tflite = convert(graph, mode, samples, percentile=cfg.export.calibration_percentile,
-                     output_range=(PROBABILITY_RANGE
-                                   if cfg.model.classifier_activation == "softmax" else None))
+                     output_range=task.output_range())
     mean, std = mode.normalization
-    tflite = add_metadata(tflite, name=target.name, description=target.description,
-                          labels=target.labels, mean=mean, std=std)
+    tflite = task.metadata(tflite, name=target.name, description=target.description,
+                           labels=target.labels, mean=mean, std=std)
     path = os.path.join(target.out_dir, f"{target.name}_{mode.name}.tflite")
     write_atomically(path, tflite)
     say(f"{mode.name}: converted in {time.perf_counter() - started:.1f} s "
         f"({len(tflite) / 2**20:.2f} MB); checking and evaluating it")
     # In another process first: a crash there fails the export, not this one.
-    check_out_of_process(path, reference.probe, len(target.labels))
-    classifier = Classifier(tflite, threads=cfg.export.threads)
-    types = (np.dtype(classifier.input["dtype"]).name, np.dtype(classifier.output["dtype"]).name)
+    check_out_of_process(path, reference.probe, task.output_shape())
+    model = TFLiteModel(tflite, threads=cfg.export.threads)
+    types = (np.dtype(model.input["dtype"]).name, np.dtype(model.output["dtype"]).name)
     if types != (mode.input_type, mode.output_type):
         raise UserError(f"{os.path.basename(path)}: the converter gave {types[0]} input and "
                         f"{types[1]} output, not the {mode.input_type} / {mode.output_type} "
                         f"that {mode.name} means; not published")
-    progress = Progress(len(reference.targets), f"{mode.name}: evaluating")
-    pred = []
-    for images, _ in data.batches():
-        pred += [np.argmax(classifier(x)) for x in images]
+    progress = Progress(reference.count, f"{mode.name}: evaluating")
+    card = task.scorecard(target.labels, reference)
+    for images, truth in data.batches():
+        card.add(images, truth, np.stack([model(x) for x in images]))
         progress.add(len(images))
     progress.close()
-    pred = np.array(pred)
-    if len(pred) != len(reference.targets):
-        raise UserError(f"the eval data changed during the export ({len(pred)} images, "
-                        f"{len(reference.targets)} before)")
-    from mnv3.export.analysis import disagreements
-
+    if card.count != reference.count:
+        raise UserError(f"the eval data changed during the export ({card.count} images, "
+                        f"{reference.count} before)")
+    card.finish()
     return {"mode": mode.name, "file": os.path.basename(path),
             "size_mb": round(len(tflite) / 2**20, 2),
-            "top1": float(np.mean(pred == reference.targets)),
-            "agreement": float(np.mean(pred == reference.predicted)),
-            "latency_ms": round(classifier.latency_ms(cfg.export.latency_runs), 3),
-            "disagreements": disagreements(reference.predicted, pred, reference.targets,
-                                           target.labels),
-            **_class_figures(reference.targets, pred, target.labels)}
-
-
-# --- 3. the pictures (the report's text is report.py) --------------------------------
-
-PICTURES = {"confusion": "confusion.png", "misclassified": "misclassified.png",
-            "curves": "curves.png"}
-
-
-def draw_pictures(target: Target, reference: Reference, records: list[dict]) -> dict:
-    """The report's PNGs in the export folder; returns {what: file name}."""
-    from mnv3.export import analysis, plots
-
-    out = target.out_dir
-    counts = analysis.confusion(reference.targets, reference.predicted, len(target.labels))
-    plots.confusion_png(counts, target.labels, os.path.join(out, PICTURES["confusion"]),
-                        f"{target.name}\nKeras model, {len(reference.targets)} eval images")
-    plots.misclassified_png(
-        [image for image, *_ in reference.misclassified],
-        [f"true: {target.labels[t]}\ngot: {target.labels[p]} ({score:.2f})"
-         for _, t, p, score in reference.misclassified],
-        os.path.join(out, PICTURES["misclassified"]))
-    drawn = {"confusion": PICTURES["confusion"], "misclassified": PICTURES["misclassified"]}
-    if records:
-        plots.curves_png(records, os.path.join(out, PICTURES["curves"]))
-        drawn["curves"] = PICTURES["curves"]
-    return drawn
+            "latency_ms": round(model.latency_ms(cfg.export.latency_runs), 3),
+            **card.row()}

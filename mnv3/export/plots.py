@@ -1,5 +1,6 @@
 """The report's pictures, drawn with matplotlib's headless Agg backend: the
-confusion matrix, a grid of misclassified eval images, and training curves."""
+confusion matrix, a grid of misclassified eval images, segmentation frames
+(image, truth, prediction), and training curves."""
 
 from __future__ import annotations
 
@@ -76,9 +77,10 @@ def misclassified_png(images: list[np.ndarray], captions: list[str], path: str,
     plt.close(fig)
 
 
-def curves_png(records: list[dict], path: str) -> None:
-    """Loss, top-1 (train and eval) and learning rate against epoch, from
-    metrics.jsonl records."""
+def curves_png(records: list[dict], path: str, metric: str = "top1",
+               title: str = "top-1") -> None:
+    """Loss, the task's headline `metric` (train and eval) and learning rate
+    against epoch, from metrics.jsonl records."""
     plt = _pyplot()
     epochs = [r["epoch"] for r in records]
 
@@ -87,7 +89,7 @@ def curves_png(records: list[dict], path: str) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), dpi=100)
     for ax, (title, keys) in zip(axes, [("loss", ["train_loss", "eval_loss"]),
-                                        ("top-1", ["train_top1", "eval_top1"]),
+                                        (title, [f"train_{metric}", f"eval_{metric}"]),
                                         ("learning rate (end of epoch)", ["lr"])]):
         for key in keys:
             values = series(key)
@@ -100,5 +102,46 @@ def curves_png(records: list[dict], path: str) -> None:
         if len(keys) > 1:
             ax.legend()
     fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def class_colours(num_classes: int) -> np.ndarray:
+    """A distinct RGB colour per class (0..1), from matplotlib's qualitative maps."""
+    import matplotlib
+
+    palette = [*matplotlib.colormaps["tab10"].colors, *matplotlib.colormaps["Set3"].colors,
+               *matplotlib.colormaps["tab20b"].colors]
+    return np.array([palette[i % len(palette)] for i in range(num_classes)])
+
+
+def segmentation_png(frames: list, labels: list[str], ignore_index: int, path: str,
+                     title: str) -> None:
+    """One row per frame: the image, then the true and the predicted mask laid
+    over it (ignored pixels left grey), and a legend of the classes."""
+    plt = _pyplot()
+    colours = class_colours(len(labels))
+    fig, axes = plt.subplots(len(frames), 3, squeeze=False,
+                             figsize=(12, 3.2 * len(frames) + 0.8), dpi=100)
+    for row, (image, truth, predicted) in zip(axes, frames):
+        for ax, mask, name in zip(row, [None, truth, predicted],
+                                  ["image", "truth", "prediction"]):
+            shown = image / 255.0
+            if mask is not None:
+                # Class colours over the frame in grey: the scene stays visible and
+                # the colours stay true to the legend.
+                grey = np.repeat(shown.mean(axis=-1, keepdims=True), 3, axis=-1)
+                valid = mask != ignore_index
+                overlay = colours[np.where(valid, mask, 0)]
+                shown = np.where(valid[..., None], 0.3 * grey + 0.7 * overlay, grey)
+            ax.imshow(shown)
+            ax.set_title(name, fontsize=10)
+            ax.axis("off")
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(colours, labels)],
+               loc="lower center", ncol=min(len(labels), 6), fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.8 / (3.2 * len(frames) + 0.8) + 0.02, 1, 0.97))
     fig.savefig(path)
     plt.close(fig)

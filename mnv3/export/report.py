@@ -14,14 +14,22 @@ CLASSES_LISTED = 50
 
 
 def format_table(report: dict) -> str:
+    """The summary: one row per model, with the task's headline figures
+    (report["headline"]: [key, title] pairs)."""
+    headline = report.get("headline", [["top1", "top-1"]])
+    pixels = report.get("task") == "segmentation"
     lines = [f"{report['model']}: {report['eval_images']} eval images, latency with "
              f"{report['threads']} thread(s), batch 1", "",
-             "| mode | file | size (MB) | top-1 | agrees with Keras | latency (ms) |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+             "| mode | file | size (MB) | " + " | ".join(t for _, t in headline)
+             + f" | agrees with Keras{' (pixels)' if pixels else ''} | latency (ms) |",
+             "| --- | --- | ---: | " + " | ".join("---:" for _ in headline)
+             + " | ---: | ---: |"]
     for r in report["rows"]:
         latency = "" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}"
-        lines.append(f"| {r['mode']} | {r['file']} | {r['size_mb']:.2f} | "
-                     f"{100 * r['top1']:.2f}% | {100 * r['agreement']:.2f}% | {latency} |")
+        figures = " | ".join(f"{100 * r[key]:.2f}" + ("" if key == "miou" else "%")
+                             for key, _ in headline)
+        lines.append(f"| {r['mode']} | {r['file']} | {r['size_mb']:.2f} | {figures} | "
+                     f"{100 * r['agreement']:.2f}% | {latency} |")
     return "\n".join(lines)
 
 
@@ -51,13 +59,21 @@ def _per_class_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def format_markdown(report: dict) -> str:
-    rows = report["rows"]
+def format_markdown(report: dict, sections: list[str]) -> str:
+    """report.md: the summary table, the training curves, then the task's own
+    `sections` (lines)."""
     pictures = report.get("pictures", {})
     lines = [f"# Export report: {report['model']}", "", format_table(report), ""]
     if "curves" in pictures:
         lines += ["## Training", "", f"![training curves]({pictures['curves']})", ""]
-    lines += ["## Confusion (Keras model)", "",
+    return "\n".join(lines + sections) + "\n"
+
+
+def classification_sections(report: dict) -> list[str]:
+    """Confusion, misclassified images, disagreements and per-class figures."""
+    rows = report["rows"]
+    pictures = report.get("pictures", {})
+    lines = ["## Confusion (Keras model)", "",
               f"![confusion matrix]({pictures['confusion']})", "",
               "Most-confused pairs:", "",
               "| true class | taken for | images | share of the class |",
@@ -75,10 +91,27 @@ def format_markdown(report: dict) -> str:
         lines.append(f"- **{r['mode']}**: {d['count']} of {report['eval_images']} images "
                      f"({_percent(d['rate'])})" + (f"; by true class: {classes}" if classes
                                                   else ""))
-    lines += [""] + _per_class_table(rows)
-    return "\n".join(lines) + "\n"
+    return lines + [""] + _per_class_table(rows)
 
 
-def write_report(report: dict, out_dir: str) -> None:
+def segmentation_sections(report: dict) -> list[str]:
+    """Frames with truth and prediction, and each class's IoU per model."""
+    rows = report["rows"]
+    pictures = report.get("pictures", {})
+    modes = [r["mode"] for r in rows]
+    lines = ["## Eval frames (Keras model)", "",
+             f"![image, truth and prediction]({pictures['frames']})", "",
+             "## IoU per class", "",
+             "IoU: the pixels both called the class, over the pixels either one does "
+             "(truth or prediction); mIoU is their mean. Ignored pixels count in neither.",
+             "", "| class | pixels | " + " | ".join(f"{m} IoU" for m in modes) + " |",
+             "| --- | ---: | " + " | ".join("---:" for _ in modes) + " |"]
+    for i, keras in enumerate(rows[0]["per_class"]):
+        ious = " | ".join(_percent(r["per_class"][i]["iou"]) for r in rows)
+        lines.append(f"| {keras['label']} | {keras['pixels']} | {ious} |")
+    return lines
+
+
+def write_report(report: dict, out_dir: str, sections: list[str]) -> None:
     write_atomically(os.path.join(out_dir, "report.json"), json.dumps(report, indent=1))
-    write_atomically(os.path.join(out_dir, "report.md"), format_markdown(report))
+    write_atomically(os.path.join(out_dir, "report.md"), format_markdown(report, sections))

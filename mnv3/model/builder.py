@@ -9,7 +9,7 @@ configurable BatchNorm momentum.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import keras
 from keras import layers
@@ -77,7 +77,8 @@ class _Builder:
         s = layers.Activation("hard_sigmoid", name=f"{name}_gate")(s)
         return layers.Multiply(name=f"{name}_scale")([x, s])
 
-    def bottleneck(self, x, block: specs.Block, table_in: int, stride: int, name: str):
+    def bottleneck(self, x, block: specs.Block, table_in: int, stride: int, name: str,
+                   rate: int = 1):
         """Inverted residual: 1x1 expand, kxk depthwise, optional SE, 1x1 project."""
         shortcut = x
         in_channels = x.shape[-1]
@@ -87,7 +88,8 @@ class _Builder:
             x = self.conv_bn(x, expanded, 1, 1, f"{name}_expand")
             x = self.activation(x, block.activation, f"{name}_expand_act")
         x = layers.DepthwiseConv2D(block.kernel, strides=stride, padding="same",
-                                   use_bias=False, depthwise_initializer=CONV_INIT,
+                                   dilation_rate=rate, use_bias=False,
+                                   depthwise_initializer=CONV_INIT,
                                    name=f"{name}_depthwise")(x)
         x = self.batch_norm(x, f"{name}_depthwise_bn")
         x = self.activation(x, block.activation, f"{name}_depthwise_act")
@@ -99,9 +101,67 @@ class _Builder:
         return x
 
 
-def block_table(cfg: ModelConfig):
+def block_table(cfg: ModelConfig, reduced_tail: bool = False):
     blocks = specs.BLOCKS[cfg.variant]
+    if reduced_tail:
+        blocks = specs.reduced_tail(blocks)
     return specs.minimalistic(blocks) if cfg.minimalistic else blocks
+
+
+class Backbone(NamedTuple):
+    inputs: keras.KerasTensor
+    features: keras.KerasTensor  # the head conv's output, the last feature map
+    levels: list  # the last tensor at each resolution (strides 2, 4, 8, ...)
+    builder: _Builder  # for heads built on top, with the same settings
+
+
+def build_backbone(cfg: ModelConfig, size, *, batch_size: int | None = None,
+                   include_rescaling: bool = True, hard_swish: Callable = keras_hard_swish,
+                   output_stride: int = 32, reduced_tail: bool = False) -> Backbone:
+    """The network up to and including the 1x1 head conv. `size`: an int (square),
+    (height, width), or None for any size. `output_stride` < 32 runs the stages
+    past it at stride 1 with dilated depthwise kernels (DeepLab's atrous scheme:
+    the layer that loses its stride keeps rate 1, later layers see the doubled
+    rate), so the map stays at 1/output_stride of the input with the same weights."""
+    b = _Builder(cfg, hard_swish)
+    blocks = block_table(cfg, reduced_tail)
+    top_activation = "relu" if cfg.minimalistic else "hard_swish"
+    strides_to_remove = cfg.remove_early_strides
+    height, width = (size, size) if size is None or isinstance(size, int) else size
+
+    inputs = keras.Input((height, width, 3), batch_size=batch_size, name=INPUT_NAME)
+    # Preprocessing lives in the model, so apps feed raw 0..255 pixels.
+    x = inputs
+    if include_rescaling:
+        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(x)
+
+    stem_stride = 2
+    if strides_to_remove:
+        stem_stride, strides_to_remove = 1, strides_to_remove - 1
+    x = b.conv_bn(x, specs.STEM_FILTERS, 3, stem_stride, "stem_conv")
+    x = b.activation(x, top_activation, "stem_act")
+
+    levels = []
+    stride_so_far, rate, next_rate = 2, 1, 1
+    table_in = specs.STEM_FILTERS
+    for i, block in enumerate(blocks):
+        stride = block.stride
+        rate = next_rate
+        if stride == 2:
+            levels.append(x)
+            if strides_to_remove:
+                stride, strides_to_remove = 1, strides_to_remove - 1
+            elif stride_so_far >= output_stride:
+                stride, next_rate = 1, rate * 2
+            else:
+                stride_so_far *= 2
+        x = b.bottleneck(x, block, table_in, stride, f"block{i}", rate)
+        table_in = block.filters
+
+    x = b.conv_bn(x, make_divisible(x.shape[-1] * 6), 1, 1, "head_conv")
+    x = b.activation(x, top_activation, "head_act")
+    levels.append(x)
+    return Backbone(inputs, x, levels, b)
 
 
 def build_model(cfg: ModelConfig, image_size: int | None, num_classes: int,
@@ -118,39 +178,10 @@ def build_model(cfg: ModelConfig, image_size: int | None, num_classes: int,
     export injects a form that quantizes faster, see mnv3.export.graph);
     `include_rescaling=False` leaves out the 0..255 -> -1..1 input scaling.
     """
-    b = _Builder(cfg, hard_swish)
-    blocks = block_table(cfg)
+    net = build_backbone(cfg, image_size, batch_size=batch_size,
+                         include_rescaling=include_rescaling, hard_swish=hard_swish)
+    b, x = net.builder, net.features
     top_activation = "relu" if cfg.minimalistic else "hard_swish"
-    strides_to_remove = cfg.remove_early_strides
-
-    inputs = keras.Input((image_size, image_size, 3), batch_size=batch_size, name=INPUT_NAME)
-    # Preprocessing lives in the model, so apps feed raw 0..255 pixels.
-    x = inputs
-    if include_rescaling:
-        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(x)
-
-    stem_stride = 2
-    if strides_to_remove:
-        stem_stride, strides_to_remove = 1, strides_to_remove - 1
-    x = b.conv_bn(x, specs.STEM_FILTERS, 3, stem_stride, "stem_conv")
-    x = b.activation(x, top_activation, "stem_act")
-
-    # The last tensor at each resolution; its last three are the C3-C5 features.
-    levels = []
-    table_in = specs.STEM_FILTERS
-    for i, block in enumerate(blocks):
-        stride = block.stride
-        if stride == 2:
-            levels.append(x)
-            if strides_to_remove:
-                stride, strides_to_remove = 1, strides_to_remove - 1
-        x = b.bottleneck(x, block, table_in, stride, f"block{i}")
-        table_in = block.filters
-
-    x = b.conv_bn(x, make_divisible(x.shape[-1] * 6), 1, 1, "head_conv")
-    x = b.activation(x, top_activation, "head_act")
-    levels.append(x)
-
     if cfg.include_top:
         head_filters = specs.HEAD_FILTERS[cfg.variant]
         if cfg.alpha > 1.0:
@@ -166,20 +197,23 @@ def build_model(cfg: ModelConfig, image_size: int | None, num_classes: int,
         outputs = layers.Activation(cfg.classifier_activation, dtype="float32",
                                     name="predictions")(x)
     elif cfg.feature_outputs:
-        outputs = levels[-3:]
+        outputs = net.levels[-3:]
     elif cfg.pooling == "avg":
         outputs = layers.GlobalAveragePooling2D(name="pool")(x)
     elif cfg.pooling == "max":
         outputs = layers.GlobalMaxPooling2D(name="pool")(x)
     else:
         outputs = x
+    return keras.Model(net.inputs, outputs, name=name or model_name(cfg))
 
-    if name is None:
-        name = f"mobilenet_v3_{cfg.variant}{'_minimalistic' if cfg.minimalistic else ''}"
-    return keras.Model(inputs, outputs, name=name)
+
+def model_name(cfg: ModelConfig) -> str:
+    return f"mobilenet_v3_{cfg.variant}{'_minimalistic' if cfg.minimalistic else ''}"
 
 
 def build_from_config(cfg, image_size: int | None = -1) -> keras.Model:
-    """build_model with sizes from a full Config (`image_size=-1`: the config's)."""
-    size = cfg.data.image_size if image_size == -1 else image_size
-    return build_model(cfg.model, size, cfg.data.num_classes)
+    """The config's task model (classifier or segmenter), with sizes from the
+    full Config (`image_size=-1`: the config's)."""
+    from mnv3 import tasks
+
+    return tasks.get(cfg).build(cfg, image_size)

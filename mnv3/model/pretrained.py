@@ -19,7 +19,7 @@ import numpy as np
 
 from mnv3 import published
 from mnv3.errors import UserError, first_line
-from mnv3.model.builder import CLASSIFIER, HEAD_LAYERS, build_from_config
+from mnv3.model.builder import HEAD_LAYERS, build_from_config
 from mnv3.model.saved import load_keras_file
 
 RUN_MODEL = "best.keras"  # what a run directory offers as its model
@@ -60,9 +60,11 @@ class Start:
 def plan(cfg) -> Start:
     """Reads `cfg.model.init_from` and matches it to the model `cfg` builds.
     Raises UserError (one line) for a missing, unreadable or mismatched source."""
+    from mnv3 import tasks
+
     target = build_from_config(cfg, image_size=None)
     source = read(cfg.model.init_from, cfg, target)
-    return match(target, source, cfg.model)
+    return match(target, source, cfg.model, tasks.get(cfg))
 
 
 def read(spec: str, cfg, target) -> Source:
@@ -92,19 +94,27 @@ def read(spec: str, cfg, target) -> Source:
     return Source(spec, path, _sha256(path), layers)
 
 
-def match(model, source: Source, model_cfg) -> Start:
-    """Pairs our layers with the source's, in order; refuses any other difference
-    than the classifier's class count."""
+def match(model, source: Source, model_cfg, task) -> Start:
+    """Pairs our layers with the source's, in order. The source is a backbone, a
+    classifier (backbone and classifier head), or a model of this very task. A
+    task head of another kind starts afresh; any other difference is refused
+    unless the task allows it for that layer (a classifier's class count, a
+    segmenter's halved last stage)."""
     ours = [(layer.name, [tuple(w.shape) for w in layer.weights])
             for layer in model.layers if layer.weights]
-    body = sum(1 for name, _ in ours if name not in HEAD_LAYERS)
+    body = [o for o in ours if o[0] not in task.head_layers]
     theirs = source.layers
+    fits = len(theirs) in (len(ours), len(body), len(body) + len(HEAD_LAYERS))
+    if len(theirs) == len(ours) or task.head_layers == HEAD_LAYERS:
+        paired = ours  # the same task's model: its head too
+    else:
+        paired = body  # a classifier's head is no use to another task
     start = Start(source, {})
-    for (name, shapes), (their_name, arrays) in zip(ours, theirs):
+    for (name, shapes), (their_name, arrays) in zip(paired, theirs):
         their_shapes = [tuple(a.shape) for a in arrays]
         if their_shapes == shapes:
             start.weights[name] = arrays
-        elif name == CLASSIFIER and _only_class_count_differs(shapes, their_shapes):
+        elif task.may_start_afresh(name, shapes, their_shapes):
             start.fresh.append(name)
         else:
             raise UserError(
@@ -112,13 +122,20 @@ def match(model, source: Source, model_cfg) -> Start:
                 f"{_shapes(their_shapes)} where our {name!r} has {_shapes(shapes)}; the "
                 f"weights are for another model than {_describe(model_cfg)} (check "
                 "model.variant, alpha and minimalistic)")
-    if len(theirs) not in (body, body + len(HEAD_LAYERS)):
+    if not fits:  # every layer fits as far as both go: say what the counts are
         raise UserError(
             f"model.init_from: {source.spec}: {len(theirs)} layers hold weights, but "
-            f"{_describe(model_cfg)} has {body} without its classifier head and "
-            f"{body + len(HEAD_LAYERS)} with it; the weights are for another model")
-    start.fresh += [name for name, _ in ours[len(theirs):]]
+            f"{_describe(model_cfg)} has {len(body)} without a head and "
+            f"{len(body) + len(HEAD_LAYERS)} with a classifier head; the weights are "
+            "for another model")
+    start.fresh += [name for name, _ in ours if name not in start.weights
+                    and name not in start.fresh]
     return start
+
+
+def only_class_count_differs(ours, theirs) -> bool:
+    return len(ours) == len(theirs) and all(
+        len(a) == len(b) and a[:-1] == b[:-1] for a, b in zip(ours, theirs))
 
 
 # --- reading each kind of source ---------------------------------------------------
@@ -209,11 +226,6 @@ def _layers_of(model) -> list:
 
 
 # --- small helpers -------------------------------------------------------------------
-
-
-def _only_class_count_differs(ours, theirs) -> bool:
-    return len(ours) == len(theirs) and all(
-        len(a) == len(b) and a[:-1] == b[:-1] for a, b in zip(ours, theirs))
 
 
 def _shapes(shapes) -> str:

@@ -63,3 +63,19 @@ BLOCKS = {"large": LARGE, "small": SMALL}
 def minimalistic(blocks):
     """The paper's "minimalistic" models: 3x3 kernels, ReLU, no squeeze-excite."""
     return tuple(b._replace(kernel=3, se=False, activation="relu") for b in blocks)
+
+
+def reduced_tail(blocks):
+    """The paper's segmentation backbones: the last stage (from its stride-2 block
+    on) with half the channels. The first block keeps its expansion width, as
+    its input is unchanged (torchvision's `reduced_tail` does the same)."""
+    last_stage = last_stage_start(blocks)
+    return tuple(
+        b._replace(filters=b.filters // 2,
+                   expanded=b.expanded if i == last_stage else b.expanded // 2)
+        if i >= last_stage else b for i, b in enumerate(blocks))
+
+
+def last_stage_start(blocks) -> int:
+    """The index of the last stage's first (stride-2) block."""
+    return max(i for i, b in enumerate(blocks) if b.stride == 2)

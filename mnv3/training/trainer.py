@@ -21,8 +21,6 @@ from mnv3.config import Config
 from mnv3.console import say, warn
 from mnv3.data import Pipeline
 from mnv3.errors import UserError, first_line
-from mnv3.model import build_from_config
-from mnv3.model.builder import HEAD_LAYERS
 from mnv3.model.pretrained import Start
 from mnv3.model.layers import with_keras_batch_norm
 from mnv3.files import atomic_path
@@ -48,13 +46,14 @@ class Trainer:
         """`start`: the weights a fresh run begins with (model.init_from); a run
         that resumes from its own checkpoint never uses them."""
         self.cfg, self.run_dir, self.strategy, self.pipeline = cfg, run_dir, strategy, pipeline
+        self.task = pipeline.task
         self.start = start
         self.chief = is_chief(strategy)
         # train.epochs 0 takes no step, so even a set smaller than a batch will do.
         self.steps_per_epoch = pipeline.steps_per_epoch() if cfg.train.epochs else 1
         self.global_batch = cfg.train.batch_size
         with strategy.scope():
-            self.model = build_from_config(cfg)
+            self.model = self.task.build(cfg)
             self.optimizer = optim.make_optimizer(cfg.train, self.steps_per_epoch)
             if cfg.runtime.mixed_precision == "mixed_float16":
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
@@ -79,11 +78,11 @@ class Trainer:
         if cfg.train.ema_decay is not None:
             self.ema = keras.callbacks.SwapEMAWeights()
             self.ema.set_model(_OptimizerHolder(self.optimizer))
-        self.metrics = metrics_lib.classification(cfg.data.num_classes)
-        self.best_metric = "top1"  # picks best.keras (its best value: best_top1)
-        self.loss_fn = keras.losses.CategoricalCrossentropy(
-            from_logits=cfg.model.classifier_activation == "linear",
-            label_smoothing=cfg.train.label_smoothing, reduction=None)
+        self.metrics = self.task.metrics()
+        # Picks best.keras. Its best value is kept in the checkpoint variable
+        # `best_top1`, named before there were other tasks (old checkpoints resume).
+        self.best_metric = self.task.best_metric
+        self.loss_fn = self.task.loss()
         self._backbone_frozen = None  # set by _set_phase when fine-tuning freezes it
         self._make_train_step()
         self.eval_step = tf.function(lambda batch: self._on_all_replicas(self._eval_step, batch),
@@ -107,7 +106,7 @@ class Trainer:
         self.train_steps = tf.function(self._train_steps)
 
     def _backbone_variables(self) -> list:
-        return [v for layer in self.model.layers if layer.name not in HEAD_LAYERS
+        return [v for layer in self.model.layers if layer.name not in self.task.head_layers
                 for v in layer.trainable_weights]
 
     def _set_phase(self, epoch: int) -> None:
@@ -120,13 +119,13 @@ class Trainer:
         if frozen == self._backbone_frozen:
             return
         for layer in self.model.layers:
-            if layer.name not in HEAD_LAYERS:
+            if layer.name not in self.task.head_layers:
                 layer.trainable = not frozen
         self._backbone_frozen = frozen
         self._make_train_step()
         if frozen:
             say(f"epochs {epoch + 1}-{self.cfg.train.freeze_backbone_epochs}: only the "
-                f"head ({', '.join(HEAD_LAYERS)}) trains; the backbone is frozen")
+                f"head ({', '.join(self.task.head_layers)}) trains; the backbone is frozen")
         else:
             say(f"epoch {epoch + 1} on: the whole network trains")
 
@@ -244,7 +243,7 @@ class Trainer:
             raise ValueError(f"holds non-finite values in {bad}")
 
     def evaluate(self) -> dict:
-        """Top-1 / top-5 / loss on the eval data, with EMA weights when EMA is on."""
+        """The task's metrics on the eval data, with EMA weights when EMA is on."""
         if self.ema:
             self.ema.on_test_begin()
         try:
@@ -255,7 +254,7 @@ class Trainer:
         finally:
             if self.ema:
                 self.ema.on_test_end()
-        return _rates(sums)
+        return self._rates(sums)
 
     def save_best(self):
         """best.keras (EMA weights when on, Keras' own BatchNorm layers), written
@@ -374,7 +373,7 @@ class Trainer:
         if self.cfg.train.mode == "train_and_eval":
             record.update({f"eval_{k}": v for k, v in self.evaluate().items()})
         self.save_best()
-        self.best_top1.assign(record.get("eval_top1", 0.0))
+        self.best_top1.assign(record.get(f"eval_{self.best_metric}", 0.0))
         self.save_checkpoint(0)
         if self.chief:
             self.run_dir.append_metrics(record)
@@ -405,11 +404,12 @@ class Trainer:
                     f"{epoch + 1}); stopped. {self._last_good()} (try a lower "
                     "train.learning_rate or set train.clip_grad_norm)")
             if progress or in_epoch % cfg.log_every_steps == 0 or in_epoch == spe:
-                self._log_progress(epoch, in_epoch, step, _rates(sums, "training"), progress)
+                self._log_progress(epoch, in_epoch, step, self._rates(sums, "training"),
+                                   progress)
             if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 \
                     and in_epoch < spe:
                 self.save_checkpoint(step)
-        self._end_epoch(epoch, _rates(sums, "training"), time.perf_counter() - started,
+        self._end_epoch(epoch, self._rates(sums, "training"), time.perf_counter() - started,
                         progress)
 
     def _steps_now(self, epoch: int, in_epoch: int) -> int:
@@ -424,13 +424,13 @@ class Trainer:
         return min(until)
 
     def _progress_names(self) -> list[str]:
-        return [m.name for m in self.metrics if m.on_progress_line] + ["lr"]
+        return [name for m in self.metrics for name in m.shown] + ["lr"]
 
     def _log_progress(self, epoch: int, in_epoch: int, step: int, rates: dict,
                       progress) -> None:
         cfg = self.cfg.train
         lr = float(self._learning_rate())
-        shown = [(m.name, rates[m.name]) for m in self.metrics if m.on_progress_line]
+        shown = [(name, rates[name]) for m in self.metrics for name in m.shown]
         if progress:
             progress.update(in_epoch, shown + [("lr", lr)])
         elif self.chief:
@@ -438,8 +438,8 @@ class Trainer:
                 + " ".join(f"{name} {value:.4f}" for name, value in shown) + f" lr {lr:.3g}")
         if in_epoch % cfg.log_every_steps == 0:
             with self.writer.as_default(step=step):
-                for m in self.metrics:
-                    tf.summary.scalar(f"train/{m.name}", rates[m.name])
+                for name, value in metrics_lib.numbers(rates).items():
+                    tf.summary.scalar(f"train/{name}", value)
                 tf.summary.scalar("train/learning_rate", lr)
 
     def _end_epoch(self, epoch: int, train_rates: dict, seconds: float, progress) -> None:
@@ -463,10 +463,10 @@ class Trainer:
         self.save_checkpoint(record["step"])
         if self.chief:
             self.run_dir.append_metrics(record)
-            with self.writer.as_default(step=record["step"]):
-                for m in self.metrics:
-                    if f"eval_{m.name}" in record:
-                        tf.summary.scalar(f"eval/{m.name}", record[f"eval_{m.name}"])
+            if cfg.mode == "train_and_eval":
+                with self.writer.as_default(step=record["step"]):
+                    for name, value in metrics_lib.numbers(metrics).items():
+                        tf.summary.scalar(f"eval/{name}", value)
             self.writer.flush()
             if progress:
                 print()
@@ -481,13 +481,13 @@ class Trainer:
         (BatchNorm moving statistics are per-replica averages and may differ.)"""
         return float(sum(np.sum(np.abs(v.numpy())) for v in self.model.trainable_variables))
 
+    def _rates(self, sums: dict, what: str = "evaluation") -> dict:
+        rates = metrics_lib.rates(self.metrics, sums)
+        if rates["images"] == 0:
+            raise UserError(f"no {what} images could be read (did every one fail to "
+                            "decode?)")
+        return rates
+
     def close(self):
         if self._scratch:
             shutil.rmtree(self._scratch, ignore_errors=True)
-
-
-def _rates(sums: dict, what: str = "evaluation") -> dict:
-    rates = metrics_lib.rates(sums)
-    if rates["images"] == 0:
-        raise UserError(f"no {what} images could be read (did every one fail to decode?)")
-    return rates

@@ -1,0 +1,66 @@
+"""The interface every task implements (see mnv3.tasks)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+
+class Task:
+    name: str
+    best_metric: str  # the eval value that picks best.keras (higher is better)
+    head_layers: tuple[str, ...]  # what trains while a pretrained backbone is frozen
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        d = self.cfg.data
+        return d.image_size, d.image_width or d.image_size
+
+    # --- model ---
+    def build(self, cfg, image_size=-1, **options):
+        """The Keras model; `options`: batch_size, include_rescaling, hard_swish."""
+        raise NotImplementedError
+
+    # --- data ---
+    def load_source(self, seed: int):
+        raise NotImplementedError
+
+    def decode(self, image, label):
+        """(encoded or raw image, label) -> decoded, for in-memory caching."""
+        raise NotImplementedError
+
+    def train_view(self, image, label, seed):
+        raise NotImplementedError
+
+    def eval_view(self, image, label):
+        raise NotImplementedError
+
+    def check_label(self, image, label):
+        """Checks a label against the classes and gives the loss's form of it."""
+        raise NotImplementedError
+
+    def targets(self, labels: np.ndarray) -> np.ndarray:
+        """A batch of pipeline labels -> class indices (per image or per pixel)."""
+        raise NotImplementedError
+
+    # --- training ---
+    def loss(self) -> Callable:
+        """(labels, outputs) -> per-example loss."""
+        raise NotImplementedError
+
+    def metrics(self) -> list:
+        raise NotImplementedError
+
+    # --- export ---
+    def scorecard(self, labels: list[str], reference=None):
+        """Accumulates one model's outputs on the eval set into its report row."""
+        raise NotImplementedError
+
+    def may_start_afresh(self, layer: str, ours, theirs) -> bool:
+        """model.init_from: whether our `layer` may start afresh where the source's
+        weights have other shapes (else the mismatch is refused)."""
+        raise NotImplementedError
