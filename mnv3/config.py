@@ -423,10 +423,6 @@ def _check_task(cfg: Config):
     if cfg.data.source not in ("synthetic", "folder"):
         raise ConfigError(f"data.source: {cfg.data.source} has no masks; segmentation "
                           "reads `folder` (images/ and masks/) or `synthetic`")
-    lo, hi = (cfg.data.scale_range + [0, 0])[:2]
-    if len(cfg.data.scale_range) != 2 or not 0 < lo <= hi:
-        raise ConfigError(f"data.scale_range: expected [low, high] with 0 < low <= high, "
-                          f"got {cfg.data.scale_range}")
     if cfg.model.remove_early_strides:
         raise ConfigError("model.remove_early_strides: not for segmentation (use "
                           "task.output_stride)")
@@ -440,6 +436,11 @@ def _check_task(cfg: Config):
 
 def _check_consistency(cfg: Config):
     _check_task(cfg)
+    lo, hi = (cfg.data.scale_range + [0, 0])[:2]
+    # Past 4x a 480 px frame is ~2000 px wide per view: memory, not augmentation.
+    if len(cfg.data.scale_range) != 2 or not 0 < lo <= hi <= 4:
+        raise ConfigError(f"data.scale_range: expected [low, high] with 0 < low <= high "
+                          f"<= 4, got {cfg.data.scale_range}")
     for key in ("crop_scale", "crop_ratio"):
         lo_hi = getattr(cfg.data, key)
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:

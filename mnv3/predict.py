@@ -60,6 +60,21 @@ class Prediction:
     top: list  # [(class index, label, score)], best first
 
 
+SEGMENTER_REFUSED = ("{}: a segmentation model; predict.py prints the classes of "
+                     "classifiers (a segmenter's masks: its export's frames.png, or "
+                     "MediaPipe's ImageSegmenter on the .tflite)")
+
+
+def _is_segmenter_tflite(data: bytes) -> bool:
+    from mnv3.export.metadata import read_metadata
+
+    try:
+        graph = read_metadata(data).subgraphMetadata[0]
+    except Exception:  # no metadata, or not a model: MediaPipe's load says which
+        return False
+    return any(m.name.decode() == "SEGMENTER_METADATA" for m in graph.customMetadata or [])
+
+
 class Model:
     """A classifier from a .tflite, a .keras file or a run directory, with its
     labels: predict() gives the top classes for an image file."""
@@ -87,7 +102,10 @@ class Model:
         from mnv3.export.metadata import associated_files
 
         with open(path, "rb") as f:
-            labels = associated_files(f.read()).get("labels.txt", b"").decode("utf-8")
+            data = f.read()
+        if _is_segmenter_tflite(data):
+            raise UserError(SEGMENTER_REFUSED.format(path))
+        labels = associated_files(data).get("labels.txt", b"").decode("utf-8")
         self.labels = labels.splitlines()
         options = vision.ImageClassifierOptions(
             base_options=mp_tasks.BaseOptions(model_asset_path=os.path.abspath(path)),
@@ -102,6 +120,8 @@ class Model:
         from mnv3.model.saved import load_keras_file
 
         model = load_keras_file(path, f"{path}: damaged or not a Keras model file")
+        if len(model.output.shape) != 2:
+            raise UserError(SEGMENTER_REFUSED.format(path))
         _, self.height, self.width, _ = model.input.shape
         if self.height is None:
             raise UserError(f"{path}: the model takes any size; predict needs a fixed one")

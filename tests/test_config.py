@@ -147,7 +147,8 @@ def test_every_number_refuses_non_finite_and_huge_values(value):
     assert len(keys) > 30
     for dotted, tp, meta in keys:
         # A number far past any sensible value is refused at load time, not later.
-        assert meta.get("max") is not None or dotted in ("data.crop_scale", "data.crop_ratio"), \
+        assert meta.get("max") is not None or dotted in ("data.crop_scale", "data.crop_ratio",
+                                                     "data.scale_range"), \
             f"{dotted} has no upper bound"
         if tp is int and value != "1e40":
             continue  # YAML reads .nan as a float; an int key refuses it by type

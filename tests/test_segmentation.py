@@ -5,7 +5,6 @@ exported files run through LiteRT and MediaPipe's ImageSegmenter."""
 import glob
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -344,3 +343,38 @@ def test_a_classification_run_starts_the_backbone(segmenter, learned_run):
                                     "task.reduced_tail=false"))
     assert set(start.fresh) == {"seg_branch_conv", "seg_branch_conv_bn", "seg_gate_conv",
                                 "seg_high_classifier", "seg_low_classifier"}
+
+
+def test_predict_refuses_a_segmenter_in_one_line(segmenter):
+    model_dir, _ = segmenter
+    frame = glob.glob(os.path.join(CAMVID, "val", "images", "*.jpg"))[:1] or \
+        [os.path.join(model_dir, "export", "frames.png")]
+    for model in [model_dir, *glob.glob(os.path.join(model_dir, "export", "*_int8.tflite"))]:
+        result = call_cli(cli.predict, "--model", model, frame[0])
+        assert_one_line_error(result, "a segmentation model")
+
+
+def test_every_task_name_has_a_task():
+    import typing
+
+    from mnv3 import tasks
+    from mnv3.config import TaskConfig
+
+    assert set(typing.get_args(typing.get_type_hints(TaskConfig)["name"])) == set(tasks.TASKS)
+
+
+def test_a_segmentation_run_resumes_and_keeps_its_best_miou(tmp_path):
+    """The classifier's trainer, unchanged: an interrupted run resumes where it
+    stopped, and best.keras follows eval mIoU across the restart."""
+    from mnv3.training import run
+
+    extra = ["data.synthetic_images=160", "data.image_size=32", "task.output_stride=8",
+             "train.checkpoint_every_steps=3"]
+    run(seg_cfg(*extra, "train.epochs=1"), str(tmp_path))
+    run(seg_cfg(*extra, "train.epochs=2"), str(tmp_path))
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[1]["step"] == 2 * records[0]["step"]
+    reader = tf.train.load_checkpoint(str(tmp_path / "checkpoints"))
+    best = reader.get_tensor("best_top1/.ATTRIBUTES/VARIABLE_VALUE")
+    assert np.isclose(best, max(r["eval_miou"] for r in records))

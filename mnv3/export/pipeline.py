@@ -56,7 +56,8 @@ def run(cfg: Config, model_dir: str) -> dict:
             report = {"model": target.name, "task": task.name,
                       "eval_images": int(reference.count),
                       "threads": cfg.export.threads, "labels": labels,
-                      "headline": [list(h) for h in task.headline], "rows": rows,
+                      "headline": [list(h) for h in task.headline],
+                      "agreement": task.agreement, "rows": rows,
                       "pictures": task.pictures(reference, run_dir.read_metrics(),
                                                 staging, target.name)}
             write_report(report, staging, task.report_sections(report))

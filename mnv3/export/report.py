@@ -15,19 +15,18 @@ CLASSES_LISTED = 50
 
 def format_table(report: dict) -> str:
     """The summary: one row per model, with the task's headline figures
-    (report["headline"]: [key, title] pairs)."""
-    headline = report.get("headline", [["top1", "top-1"]])
-    pixels = report.get("task") == "segmentation"
+    (report["headline"]: [key, title, unit]; "%" figures are shares)."""
+    headline = report.get("headline", [["top1", "top-1", "%"]])
+    agreement = report.get("agreement", "agrees with Keras")
     lines = [f"{report['model']}: {report['eval_images']} eval images, latency with "
              f"{report['threads']} thread(s), batch 1", "",
-             "| mode | file | size (MB) | " + " | ".join(t for _, t in headline)
-             + f" | agrees with Keras{' (pixels)' if pixels else ''} | latency (ms) |",
+             "| mode | file | size (MB) | " + " | ".join(t for _, t, _ in headline)
+             + f" | {agreement} | latency (ms) |",
              "| --- | --- | ---: | " + " | ".join("---:" for _ in headline)
              + " | ---: | ---: |"]
     for r in report["rows"]:
         latency = "" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}"
-        figures = " | ".join(f"{100 * r[key]:.2f}" + ("" if key == "miou" else "%")
-                             for key, _ in headline)
+        figures = " | ".join(f"{100 * r[key]:.2f}{unit}" for key, _, unit in headline)
         lines.append(f"| {r['mode']} | {r['file']} | {r['size_mb']:.2f} | {figures} | "
                      f"{100 * r['agreement']:.2f}% | {latency} |")
     return "\n".join(lines)

@@ -11,13 +11,17 @@ from __future__ import annotations
 from mnv3.tasks.base import Task
 
 
+import importlib
+
+# task.name -> the module and class that implement it (imported on first use).
+TASKS = {"classification": ("mnv3.tasks.classification", "Classification"),
+         "segmentation": ("mnv3.tasks.segmentation", "Segmentation")}
+
+
 def get(cfg) -> Task:
-    """The task `cfg.task.name` selects."""
-    if cfg.task.name == "segmentation":
-        from mnv3.tasks.segmentation import Segmentation
-        return Segmentation(cfg)
-    from mnv3.tasks.classification import Classification
-    return Classification(cfg)
+    """The task `cfg.task.name` selects, for this config."""
+    module, name = TASKS[cfg.task.name]
+    return getattr(importlib.import_module(module), name)(cfg)
 
 
-__all__ = ["Task", "get"]
+__all__ = ["TASKS", "Task", "get"]

@@ -11,6 +11,9 @@ class Task:
     name: str
     best_metric: str  # the eval value that picks best.keras (higher is better)
     head_layers: tuple[str, ...]  # what trains while a pretrained backbone is frozen
+    description: str  # in each exported file's metadata, e.g. "image classifier"
+    headline: tuple  # the export table's figures: (row key, title, unit)
+    agreement: str  # the export table's title for agreement with Keras
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -56,8 +59,29 @@ class Task:
         raise NotImplementedError
 
     # --- export ---
+    def output_range(self):
+        """A fixed (low, high) for the output's int8 range, or None to calibrate."""
+        raise NotImplementedError
+
+    def output_shape(self) -> tuple[int, ...]:
+        """One image's output shape, which each exported file must give."""
+        raise NotImplementedError
+
+    def metadata(self, tflite: bytes, **fields) -> bytes:
+        """`tflite` with the MediaPipe metadata of this task's kind of model."""
+        raise NotImplementedError
+
     def scorecard(self, labels: list[str], reference=None):
-        """Accumulates one model's outputs on the eval set into its report row."""
+        """Accumulates one model's outputs on the eval set into its report row:
+        add(images, truth, outputs), finish(), summary(), row(), count, probe."""
+        raise NotImplementedError
+
+    def pictures(self, reference, records: list[dict], out_dir: str, title: str) -> dict:
+        """Draws the report's PNGs from the Keras scorecard; {what: file name}."""
+        raise NotImplementedError
+
+    def report_sections(self, report: dict) -> list[str]:
+        """report.md's task-specific sections, as lines."""
         raise NotImplementedError
 
     def may_start_afresh(self, layer: str, ours, theirs) -> bool:

@@ -16,7 +16,9 @@ MISCLASSIFIED_SHOWN = 16  # eval images kept for the report's picture
 class Classification(Task):
     name = "classification"
     best_metric = "top1"
-    headline = (("top1", "top-1"),)  # the report table's figures: (key, title)
+    # The report table's figures: (key, title, unit), and what agreement counts.
+    headline = (("top1", "top-1", "%"),)
+    agreement = "agrees with Keras"
     description = "image classifier"
 
     @property

@@ -15,7 +15,8 @@ FRAMES_SHOWN = 4  # eval frames drawn in the report's picture
 class Segmentation(Task):
     name = "segmentation"
     best_metric = "miou"
-    headline = (("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy"))
+    headline = (("miou", "mIoU", ""), ("pixel_accuracy", "pixel accuracy", "%"))
+    agreement = "agrees with Keras (pixels)"
     description = "semantic segmenter (LR-ASPP)"
 
     @property
