@@ -225,10 +225,8 @@ class TrainConfig:
         None, "Clip gradients to this global norm; null: no clipping.",
         min=0.0, max=1e6, min_exclusive=True)
     ema_decay: Optional[float] = _field(
-        None, "Exponential moving average of the weights (paper 0.9999); evaluation "
-        "and best.keras use the averaged weights. BatchNorm statistics are not "
-        "averaged yet, so at large learning rates the averaged model evaluates "
-        "poorly until the rate falls (BENCHMARKS.md). null: off.",
+        None, "Exponential moving average of the weights and BatchNorm statistics "
+        "(paper 0.9999); evaluation and best.keras use the averages. null: off.",
         min=0.0, max=1.0, min_exclusive=True)
     checkpoint_every_steps: int = _field(
         0, "Also checkpoint every N steps within an epoch (0: at epoch ends only).",

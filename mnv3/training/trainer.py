@@ -25,19 +25,13 @@ from mnv3.model.pretrained import Start
 from mnv3.model.layers import with_keras_batch_norm
 from mnv3.files import atomic_path
 from mnv3.training import checkpoints, optim
+from mnv3.training import ema as ema_lib
 from mnv3.training import metrics as metrics_lib
 from mnv3.training.strategy import is_chief
 from mnv3.run_dir import RunDir
 
 SUM = tf.distribute.ReduceOp.SUM
 NOT_FIT = "does not fit this model and optimiser"
-
-
-class _OptimizerHolder:
-    """SwapEMAWeights reads `.optimizer` off its model; our loop has no compiled model."""
-
-    def __init__(self, optimizer):
-        self.optimizer = optimizer
 
 
 class Trainer:
@@ -67,17 +61,18 @@ class Trainer:
             # stands still when mixed_float16's loss scaling skips an overflowing step.
             self.batches_done = tf.Variable(0, dtype=tf.int64, trainable=False)
             self.best_top1 = tf.Variable(-1.0, dtype=tf.float32, trainable=False)
+            self.ema = None if cfg.train.ema_decay is None else \
+                ema_lib.Averages(self.model, self.optimizer, cfg.train.ema_decay)
+        saved = {}
+        if self.ema:  # only EMA runs have them: other checkpoints are as before
+            saved["statistics_averages"] = self.ema.averages
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                               epochs_done=self.epochs_done,
                                               batches_done=self.batches_done,
-                                              best_top1=self.best_top1)
+                                              best_top1=self.best_top1, **saved)
         # Every worker takes part in saving; only the chief's copy is kept.
         self._scratch = None if self.chief else tempfile.mkdtemp(prefix="mnv3-worker-")
         self.manager = self._make_manager()
-        self.ema = None
-        if cfg.train.ema_decay is not None:
-            self.ema = keras.callbacks.SwapEMAWeights()
-            self.ema.set_model(_OptimizerHolder(self.optimizer))
         self.metrics = self.task.metrics()
         # Picks best.keras. Its best value is kept in the checkpoint variable
         # `best_top1`, named before there were other tasks (old checkpoints resume).
@@ -148,6 +143,8 @@ class Trainer:
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
+        if self.ema:
+            self.ema.update()
         return metrics_lib.batch_sums(self.metrics, labels, probs, per_example)
 
     def _eval_step(self, images, labels):
@@ -245,7 +242,7 @@ class Trainer:
     def evaluate(self) -> dict:
         """The task's metrics on the eval data, with EMA weights when EMA is on."""
         if self.ema:
-            self.ema.on_test_begin()
+            self.ema.swap_in()
         try:
             sums = metrics_lib.zeros(self.metrics)
             for batch in self.distribute(self.pipeline.eval()):
@@ -253,14 +250,14 @@ class Trainer:
                 sums = {k: sums[k] + out[k] for k in sums}
         finally:
             if self.ema:
-                self.ema.on_test_end()
+                self.ema.swap_out()
         return self._rates(sums)
 
     def save_best(self):
         """best.keras (EMA weights when on, Keras' own BatchNorm layers), written
         atomically by the chief; never with non-finite weights."""
         if self.ema:
-            self.ema.on_test_begin()
+            self.ema.swap_in()
         try:
             self._refuse_non_finite("best.keras")
             if self.chief:
@@ -273,7 +270,7 @@ class Trainer:
                     self._saved_copy.save(tmp)
         finally:
             if self.ema:
-                self.ema.on_test_end()
+                self.ema.swap_out()
 
     def save_checkpoint(self, step: int) -> None:
         """A checkpoint of finite state only: what is saved is what resumes."""
