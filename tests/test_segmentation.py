@@ -378,3 +378,19 @@ def test_a_segmentation_run_resumes_and_keeps_its_best_miou(tmp_path):
     reader = tf.train.load_checkpoint(str(tmp_path / "checkpoints"))
     best = reader.get_tensor("best_top1/.ATTRIBUTES/VARIABLE_VALUE")
     assert np.isclose(best, max(r["eval_miou"] for r in records))
+
+
+def test_int8_segmenter_is_integer_but_its_upsampling(segmenter):
+    """Only the input's uint8 -> float -> int8 pair and the bilinear upsampling
+    (float is faster there, BENCHMARKS.md) touch float; built-in ops only."""
+    from tests.test_export import float_ops, tflite_ops
+
+    model_dir, _ = segmenter
+    path = glob.glob(os.path.join(model_dir, "export", "*_int8.tflite"))[0]
+    assert float_ops(path) == ["DEQUANTIZE", "QUANTIZE", "DEQUANTIZE", "RESIZE_BILINEAR",
+                               "QUANTIZE", "DEQUANTIZE", "RESIZE_BILINEAR"]
+    from mediapipe.tasks.metadata import schema_py_generated as schema
+
+    builtin = {k for k in vars(schema.BuiltinOperator) if not k.startswith("_")}
+    for name in glob.glob(os.path.join(model_dir, "export", "*.tflite")):
+        assert set(tflite_ops(name)) <= builtin - {"CUSTOM"}, name

@@ -88,13 +88,16 @@ def record_ranges(float_model: bytes, tensors: Sequence[int], samples: Sequence[
 def int8_model(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarray],
                percentile: float, mode: Mode,
                output_range: tuple[float, float] | None = PROBABILITY_RANGE,
-               warnings: list[str] | None = None) -> bytes:
+               warnings: list[str] | None = None,
+               float_ops: Sequence[str] = ("SOFTMAX",)) -> bytes:
     """Full-integer model from `converter` (a float conversion not yet run).
     `output_range`: the output's fixed range, or None to calibrate it (logits).
+    `float_ops`: kinds of op left in float when the output is float anyway.
     A fallback is noted in `warnings` (the caller may be capturing stderr)."""
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     try:
-        return _with_our_ranges(converter, samples, percentile, mode, output_range)
+        return _with_our_ranges(converter, samples, percentile, mode, output_range,
+                                float_ops)
     except tf_internals.InternalMissing as e:
         if warnings is not None:
             warnings.append(f"{e}. The int8 model is calibrated by the converter instead "
@@ -103,7 +106,8 @@ def int8_model(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarray]
         return _with_converter_ranges(converter, samples, mode)
 
 
-def _with_our_ranges(converter, samples, percentile, mode, output_range) -> bytes:
+def _with_our_ranges(converter, samples, percentile, mode, output_range,
+                     float_ops) -> bytes:
     # One sample is enough to lay out the min/max slots; ours overwrite them.
     converter.representative_dataset = lambda: iter([[samples[0]]])
     float_model, model = tf_internals.calibrate_only(converter)
@@ -131,13 +135,12 @@ def _with_our_ranges(converter, samples, percentile, mode, output_range) -> byte
     for i in slots:
         graph.tensors[i].quantization.min = [ranges[i][0]]
         graph.tensors[i].quantization.max = [ranges[i][1]]
-    # A float output keeps the softmax in float: int8 probabilities come in steps
-    # of 1/256, which ties the top classes of an uncertain image (and rounds most
-    # of 1000 classes to 0). Same speed: XNNPACK runs the float softmax too.
-    float_ops = ["SOFTMAX"] if mode.output_type == "float32" else None
+    # A float output keeps the task's last ops in float (see each task's
+    # float_ops: a classifier's softmax, a segmenter's upsampling).
+    kept = list(float_ops) if mode.output_type == "float32" and float_ops else None
     return tf_internals.quantize(tf_internals.write_tflite(model),
                                  IO_TYPES[mode.input_type], IO_TYPES[mode.output_type],
-                                 float_ops)
+                                 kept)
 
 
 def _with_converter_ranges(converter, samples, mode: Mode) -> bytes:

@@ -195,7 +195,7 @@ def export_mode(target: Target, mode: Mode, data: EvalData, reference) -> dict:
     samples = [(scale_input(x) if mode.quantized_input else x)[None]
                for x in data.calibration] if mode.integer else []
     tflite = convert(graph, mode, samples, percentile=cfg.export.calibration_percentile,
-                     output_range=task.output_range())
+                     output_range=task.output_range(), float_ops=task.float_ops)
     mean, std = mode.normalization
     tflite = task.metadata(tflite, name=target.name, description=target.description,
                            labels=target.labels, mean=mean, std=std)

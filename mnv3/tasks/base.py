@@ -63,6 +63,8 @@ class Task:
         """A fixed (low, high) for the output's int8 range, or None to calibrate."""
         raise NotImplementedError
 
+    float_ops: tuple[str, ...] = ()  # op kinds an int8 file with float output keeps in float
+
     def output_shape(self) -> tuple[int, ...]:
         """One image's output shape, which each exported file must give."""
         raise NotImplementedError

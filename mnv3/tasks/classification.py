@@ -88,6 +88,11 @@ class Classification(Task):
         return PROBABILITY_RANGE if self.cfg.model.classifier_activation == "softmax" \
             else None
 
+    # With a float output the softmax runs in float: int8 probabilities come in
+    # steps of 1/256, which ties the top classes of an uncertain image (and rounds
+    # most of 1000 classes to 0). Same speed: XNNPACK runs the float softmax too.
+    float_ops = ("SOFTMAX",)
+
     def output_shape(self) -> tuple[int, ...]:
         return (self.cfg.data.num_classes,)
 
