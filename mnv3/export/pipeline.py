@@ -58,8 +58,7 @@ def run(cfg: Config, model_dir: str) -> dict:
                       "threads": cfg.export.threads, "labels": labels,
                       "headline": [list(h) for h in task.headline],
                       "agreement": task.agreement, "rows": rows,
-                      "pictures": task.pictures(reference, run_dir.read_metrics(),
-                                                staging, target.name)}
+                      "pictures": draw_pictures(target, reference, run_dir.read_metrics())}
             write_report(report, staging, task.report_sections(report))
             publish_directory(staging, run_dir.export)
         finally:
@@ -225,3 +224,18 @@ def export_mode(target: Target, mode: Mode, data: EvalData, reference) -> dict:
             "size_mb": round(len(tflite) / 2**20, 2),
             "latency_ms": round(model.latency_ms(cfg.export.latency_runs), 3),
             **card.row()}
+
+
+def draw_pictures(target: Target, reference, records: list[dict]) -> dict:
+    """The task's pictures and the training curves of its headline metric, in
+    the export folder; {what: file name}."""
+    from mnv3.export import plots
+
+    task = target.task
+    pictures = task.pictures(reference, target.out_dir, target.name)
+    if records:
+        title = next(t for key, t, _ in task.headline if key == task.best_metric)
+        plots.curves_png(records, os.path.join(target.out_dir, "curves.png"),
+                         task.best_metric, title)
+        pictures["curves"] = "curves.png"
+    return pictures

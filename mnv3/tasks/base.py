@@ -78,8 +78,9 @@ class Task:
         add(images, truth, outputs), finish(), summary(), row(), count, probe."""
         raise NotImplementedError
 
-    def pictures(self, reference, records: list[dict], out_dir: str, title: str) -> dict:
-        """Draws the report's PNGs from the Keras scorecard; {what: file name}."""
+    def pictures(self, reference, out_dir: str, title: str) -> dict:
+        """Draws the report's own PNGs from the Keras scorecard (the pipeline adds
+        the training curves); {what: file name}."""
         raise NotImplementedError
 
     def report_sections(self, report: dict) -> list[str]:

@@ -103,8 +103,8 @@ class Classification(Task):
     def scorecard(self, labels, reference=None):
         return _Scorecard(labels, reference)
 
-    def pictures(self, reference, records: list[dict], out_dir: str, title: str) -> dict:
-        """confusion.png, misclassified.png and curves.png; {what: file name}."""
+    def pictures(self, reference, out_dir: str, title: str) -> dict:
+        """confusion.png and misclassified.png; {what: file name}."""
         from mnv3.export import analysis, plots
 
         counts = analysis.confusion(reference.targets, reference.predicted, len(reference.labels))
@@ -117,9 +117,6 @@ class Classification(Task):
             [f"true: {labels[t]}\ngot: {labels[p]} ({score:.2f})"
              for _, t, p, score in reference.misclassified],
             os.path.join(out_dir, names["misclassified"]))
-        if records:
-            plots.curves_png(records, os.path.join(out_dir, "curves.png"), "top1", "top-1")
-            names["curves"] = "curves.png"
         return names
 
     def report_sections(self, report: dict) -> list[str]:
@@ -135,6 +132,7 @@ class _Scorecard:
         self.labels, self.reference = labels, reference
         self.targets, self.predicted, self.misclassified = [], [], []
         self.probe = None
+        self.count = 0  # images added
 
     def add(self, images: np.ndarray, truth: np.ndarray, scores: np.ndarray) -> None:
         pred = np.argmax(scores, axis=-1)
@@ -148,10 +146,7 @@ class _Scorecard:
                                            float(scores[i, pred[i]])))
         self.targets.append(truth)
         self.predicted.append(pred)
-
-    @property
-    def count(self) -> int:
-        return sum(len(t) for t in self.targets)
+        self.count += len(truth)
 
     def finish(self) -> None:
         self.targets = np.concatenate(self.targets)

@@ -113,8 +113,8 @@ class Segmentation(Task):
     def scorecard(self, labels, reference=None):
         return _Scorecard(labels, self.cfg.data.ignore_index, reference)
 
-    def pictures(self, reference, records: list[dict], out_dir: str, title: str) -> dict:
-        """frames.png (image, truth, prediction) and curves.png; {what: file name}."""
+    def pictures(self, reference, out_dir: str, title: str) -> dict:
+        """frames.png (image, truth, prediction); {what: file name}."""
         from mnv3.export import plots
 
         names = {"frames": "frames.png"}
@@ -122,9 +122,6 @@ class Segmentation(Task):
                                self.cfg.data.ignore_index,
                                os.path.join(out_dir, names["frames"]),
                                f"{title}: Keras model on eval frames")
-        if records:
-            plots.curves_png(records, os.path.join(out_dir, "curves.png"), "miou", "mIoU")
-            names["curves"] = "curves.png"
         return names
 
     def report_sections(self, report: dict) -> list[str]:
