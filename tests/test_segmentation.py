@@ -194,6 +194,7 @@ def test_a_mask_of_another_size_is_refused(tmp_path):
     assert_one_line_error(train_seg(tmp_path / "run", data), "f2.png: 10x10", "32x24")
 
 
+@pytest.mark.slow
 def test_a_mask_value_beyond_the_classes_stops_training(tmp_path):
     from PIL import Image
 
@@ -260,6 +261,7 @@ def eval_frames(count=6):
     return images.numpy(), masks.numpy()
 
 
+@pytest.mark.slow
 def test_trained_segmenter_learns_and_reports_by_miou(segmenter):
     model_dir, report = segmenter
     records = [json.loads(line) for line in open(os.path.join(model_dir, "metrics.jsonl"))]
@@ -278,6 +280,7 @@ def test_trained_segmenter_learns_and_reports_by_miou(segmenter):
     assert "## IoU per class" in open(os.path.join(model_dir, "export", "report.md")).read()
 
 
+@pytest.mark.slow
 def test_exported_segmenter_carries_mediapipe_metadata(segmenter):
     from mnv3.export.metadata import associated_files, read_metadata
     from mediapipe.tasks.metadata import image_segmenter_metadata_schema_py_generated as seg
@@ -324,7 +327,8 @@ def test_mediapipe_image_segmenter_agrees_with_our_interpreter(segmenter):
                 assert np.mean(got == expected) > 0.999, mode
 
 
-def test_a_classification_run_starts_the_backbone(segmenter, learned_run):
+@pytest.mark.slow
+def test_a_classification_run_starts_the_backbone(learned_run):
     """model.init_from with a classifier: the backbone loads (weights equal), the
     halved last stage and the head start afresh."""
     from mnv3.model import pretrained
@@ -345,6 +349,7 @@ def test_a_classification_run_starts_the_backbone(segmenter, learned_run):
                                 "seg_high_classifier", "seg_low_classifier"}
 
 
+@pytest.mark.slow
 def test_predict_refuses_a_segmenter_in_one_line(segmenter):
     model_dir, _ = segmenter
     frame = glob.glob(os.path.join(CAMVID, "val", "images", "*.jpg"))[:1] or \
@@ -363,6 +368,7 @@ def test_every_task_name_has_a_task():
     assert set(typing.get_args(typing.get_type_hints(TaskConfig)["name"])) == set(tasks.TASKS)
 
 
+@pytest.mark.slow
 def test_a_segmentation_run_resumes_and_keeps_its_best_miou(tmp_path):
     """The classifier's trainer, unchanged: an interrupted run resumes where it
     stopped, and best.keras follows eval mIoU across the restart."""
@@ -380,6 +386,7 @@ def test_a_segmentation_run_resumes_and_keeps_its_best_miou(tmp_path):
     assert np.isclose(best, max(r["eval_miou"] for r in records))
 
 
+@pytest.mark.slow
 def test_int8_segmenter_is_integer_but_its_upsampling(segmenter):
     """Only the input's uint8 -> float -> int8 pair and the bilinear upsampling
     (float is faster there, BENCHMARKS.md) touch float; built-in ops only."""

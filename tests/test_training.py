@@ -263,6 +263,7 @@ def test_several_steps_per_call_keep_logs_checkpoints_and_the_non_finite_stop(tm
     assert int(trainer.batches_done.numpy()) == 9
 
 
+@pytest.mark.slow
 def test_ema_averages_batchnorm_statistics_with_the_weights(tmp_path):
     """Keras' optimiser EMA leaves BatchNorm's moving statistics out; ours
     averages them too, checkpoints the averages, and best.keras carries them
