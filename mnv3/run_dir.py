@@ -127,7 +127,12 @@ class RunDir:
         def identity(c: Config) -> dict:
             model = dataclasses.asdict(c.model)
             model.pop("init_from")  # only a fresh run reads it; a resume does not
-            return {"model": model, "data.image_size": c.data.image_size,
+            return {"model": model, "task.name": c.task.name,
+                    "task.output_stride": c.task.output_stride,
+                    "task.reduced_tail": c.task.reduced_tail,
+                    "task.head_channels": c.task.head_channels,
+                    "data.image_size": c.data.image_size,
+                    "data.image_width": c.data.image_width,
                     "data.num_classes": c.data.num_classes,
                     "train.optimizer": c.train.optimizer,
                     "train.batch_size": c.train.batch_size,

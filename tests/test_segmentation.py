@@ -384,6 +384,12 @@ def test_a_segmentation_run_resumes_and_keeps_its_best_miou(tmp_path):
     reader = tf.train.load_checkpoint(str(tmp_path / "checkpoints"))
     best = reader.get_tensor("best_top1/.ATTRIBUTES/VARIABLE_VALUE")
     assert np.isclose(best, max(r["eval_miou"] for r in records))
+    # The run holds a segmenter: a classifier's config is refused, not trained on it.
+    args = ["--config", QUICKSTART, "--model_dir", str(tmp_path)]
+    for item in TINY_SEG + extra + ["task.name=classification", "data.num_classes=10",
+                                    "train.epochs=3"]:
+        args += ["--set", item]
+    assert_one_line_error(call_cli(cli.train, *args), "task.name='segmentation'")
 
 
 @pytest.mark.slow
