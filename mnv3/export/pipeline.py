@@ -161,7 +161,7 @@ class Target:
 def keras_row(target: Target, data: EvalData, best_model: str) -> tuple[dict, object]:
     """The trained Keras model's report row, and its scorecard: the reference
     every mode is compared with."""
-    reference = target.task.scorecard(target.labels)
+    reference = target.task.scorecard(target.labels, expected=data.expected)
     progress = Progress(data.expected, "keras: evaluating")
     for images, truth in data.batches():
         progress.add(len(images))

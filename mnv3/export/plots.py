@@ -121,8 +121,11 @@ def segmentation_png(frames: list, labels: list[str], ignore_index: int, path: s
     over it (ignored pixels left grey), and a legend of the classes."""
     plt = _pyplot()
     colours = class_colours(len(labels))
-    fig, axes = plt.subplots(len(frames), 3, squeeze=False,
-                             figsize=(12, 3.2 * len(frames) + 0.8), dpi=100)
+    # Each panel keeps the frame's aspect, with room for its title above.
+    aspect = frames[0][0].shape[0] / frames[0][0].shape[1]
+    row_height = 4.0 * aspect + 0.5
+    height = row_height * len(frames) + 0.8  # and the legend below
+    fig, axes = plt.subplots(len(frames), 3, squeeze=False, figsize=(12, height), dpi=100)
     for row, (image, truth, predicted) in zip(axes, frames):
         for ax, mask, name in zip(row, [None, truth, predicted],
                                   ["image", "truth", "prediction"]):
@@ -142,6 +145,6 @@ def segmentation_png(frames: list, labels: list[str], ignore_index: int, path: s
     fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(colours, labels)],
                loc="lower center", ncol=min(len(labels), 6), fontsize=9)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.8 / (3.2 * len(frames) + 0.8) + 0.02, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.8 / height + 0.02, 1, 0.97))
     fig.savefig(path)
     plt.close(fig)

@@ -73,9 +73,10 @@ class Task:
         """`tflite` with the MediaPipe metadata of this task's kind of model."""
         raise NotImplementedError
 
-    def scorecard(self, labels: list[str], reference=None):
+    def scorecard(self, labels: list[str], reference=None, expected: int = 0):
         """Accumulates one model's outputs on the eval set into its report row:
-        add(images, truth, outputs), finish(), summary(), row(), count, probe."""
+        add(images, truth, outputs), finish(), summary(), row(), count, probe.
+        `expected`: about how many images will come (to pick examples across them)."""
         raise NotImplementedError
 
     def pictures(self, reference, out_dir: str, title: str) -> dict:

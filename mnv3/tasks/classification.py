@@ -100,7 +100,7 @@ class Classification(Task):
         from mnv3.export.metadata import add_metadata
         return add_metadata(tflite, **fields)
 
-    def scorecard(self, labels, reference=None):
+    def scorecard(self, labels, reference=None, expected: int = 0):
         return _Scorecard(labels, reference)
 
     def pictures(self, reference, out_dir: str, title: str) -> dict:

@@ -110,8 +110,8 @@ class Segmentation(Task):
             tflite, output=metadata.segmenter_output(len(fields["labels"])),
             custom=[metadata.segmenter_softmax()], **fields)
 
-    def scorecard(self, labels, reference=None):
-        return _Scorecard(labels, self.cfg.data.ignore_index, reference)
+    def scorecard(self, labels, reference=None, expected: int = 0):
+        return _Scorecard(labels, self.cfg.data.ignore_index, reference, expected)
 
     def pictures(self, reference, out_dir: str, title: str) -> dict:
         """frames.png (image, truth, prediction); {what: file name}."""
@@ -134,8 +134,10 @@ class _Scorecard:
     pixel that is not ignore_index, and (for an exported file) the share of all
     pixels where it agrees with the Keras model."""
 
-    def __init__(self, labels: list[str], ignore_index: int, reference=None):
+    def __init__(self, labels: list[str], ignore_index: int, reference=None,
+                 expected: int = 0):
         self.labels, self.ignore_index, self.reference = labels, ignore_index, reference
+        self.every = max(1, expected // FRAMES_SHOWN)  # which frames the picture shows
         n = len(labels)
         self.confusion = np.zeros((n, n), np.int64)
         self.predicted = []  # the Keras model's, which exported files are compared with
@@ -154,9 +156,11 @@ class _Scorecard:
         self.confusion += np.bincount(cells, minlength=n * n).reshape(n, n)
         if self.reference is None:
             self.predicted += list(pred)
-            for i in range(min(len(images), FRAMES_SHOWN - len(self.frames))):
-                self.frames.append((np.clip(np.round(images[i]), 0, 255).astype(np.uint8),
-                                    truth[i], pred[i]))
+            # Frames spread over the set: neighbours in a video set are near copies.
+            for i in range(len(images)):
+                if (self.count + i) % self.every == 0 and len(self.frames) < FRAMES_SHOWN:
+                    self.frames.append((np.clip(np.round(images[i]), 0, 255)
+                                        .astype(np.uint8), truth[i], pred[i]))
         else:
             theirs = np.stack(self.reference.predicted[self.count:self.count + len(pred)])
             self.agreed += int(np.sum(theirs == pred))
