@@ -1,12 +1,17 @@
-"""Weight averaging (train.ema_decay) that includes BatchNorm's statistics.
+"""Weight averaging (train.ema_decay), BatchNorm statistics included.
 
-Keras' optimiser EMA averages the trainable variables only. BatchNorm's moving
-mean and variance are not trainable, so an evaluation with the averaged
-weights ran them with statistics gathered for the raw, current weights: on
-CIFAR-10 at EMA 0.999 that gave 77.2% where the raw weights gave 88.3%
-(BENCHMARKS.md). The paper's TensorFlow code averages the moving statistics
-with the weights; so do timm's ModelEma and this module, with the optimiser's
-own formula, and swaps both in together.
+TensorFlow's ExponentialMovingAverage, as the paper's TensorFlow code uses it:
+every trainable variable and every BatchNorm moving mean and variance, with
+`num_updates` set to the step, so the decay is min(decay, (1 + step) /
+(10 + step)) and early averages follow the weights instead of holding the
+initial ones for thousands of steps.
+
+Keras' optimiser EMA (use_ema) is not used: it averages trainable variables
+only, so evaluation ran averaged convolutions with BatchNorm statistics
+gathered for the raw weights (on CIFAR-10 at EMA 0.999: 77.2% against 88.3%
+raw), and its constant decay keeps the random initial weights in the average
+long after training has left them (a 0.999 average of MobileNetV3-Small on
+CIFAR-10 still evaluated at chance after 4 epochs). Both are in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -15,51 +20,33 @@ import keras
 import tensorflow as tf
 
 
-class _OptimizerHolder:
-    """SwapEMAWeights reads `.optimizer` off its model; our loop has no compiled model."""
-
-    def __init__(self, optimizer):
-        self.optimizer = optimizer
-
-
 class Averages:
-    """The optimiser's weight averages plus averages of every BatchNorm layer's
-    moving statistics; `swapped()` puts both in place of the live values."""
+    """Created in the strategy's scope; `update()` after each optimiser step,
+    `swap_in()` / `swap_out()` around evaluation and saving."""
 
     def __init__(self, model: keras.Model, optimizer, decay: float):
-        self.decay = decay
-        self.optimizer = optimizer
-        self._weights = keras.callbacks.SwapEMAWeights()
-        self._weights.set_model(_OptimizerHolder(optimizer))
-        self.statistics = [v for layer in model.layers
-                           if isinstance(layer, keras.layers.BatchNormalization)
-                           for v in (layer.moving_mean, layer.moving_variance)]
-        # Created in the strategy's scope by the caller; MEAN keeps replicas' equal
-        # updates equal. Checkpointed beside the model (`statistics_averages`).
-        self.averages = [tf.Variable(v.numpy(), trainable=False, name=f"average_{i}",
-                                     aggregation=tf.VariableAggregation.MEAN)
-                         for i, v in enumerate(self.statistics)]
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        statistics = [v for layer in model.layers
+                      if isinstance(layer, keras.layers.BatchNormalization)
+                      for v in (layer.moving_mean, layer.moving_variance)]
+        # The tf.Variables under Keras' wrappers, which TensorFlow's EMA takes.
+        self.variables = [v.value for v in [*model.trainable_variables, *statistics]]
+        # Counted up by each applied step: the warm-up of the decay.
+        self._ema = tf.train.ExponentialMovingAverage(decay, num_updates=inner.iterations.value)
+        self._ema.apply(self.variables)  # creates the averages, equal to the values now
+        self.averages = [self._ema.average(v) for v in self.variables]  # checkpointed
 
     def update(self) -> None:
-        """After each step (in the step function): average = decay * average +
-        (1 - decay) * value; on the first step the average takes the value, as
-        Keras does for the weights (the starting weights may come from a file)."""
-        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        first = tf.equal(inner.iterations, 1)  # counted up by the step just applied
-        momentum = tf.where(first, 0.0, self.decay)
-        for value, average in zip(self.statistics, self.averages):
-            average.assign(momentum * average + (1.0 - momentum) * tf.cast(value, tf.float32))
+        self._ema.apply(self.variables)
 
     def swap_in(self) -> None:
-        self._weights.on_test_begin()
         self._exchange()
 
     def swap_out(self) -> None:
-        self._weights.on_test_end()
         self._exchange()
 
     def _exchange(self) -> None:
-        for value, average in zip(self.statistics, self.averages):
-            live = tf.identity(value.value)
-            value.assign(average)
+        for value, average in zip(self.variables, self.averages):
+            live = value.numpy()  # a copy: a read tensor may share the buffer
+            value.assign(average.numpy())
             average.assign(live)

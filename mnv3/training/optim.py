@@ -135,7 +135,7 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
     """The configured optimiser; with `backbone_lr_scale` one that can give some
     variables a lower rate (scale_learning_rate, after build)."""
     schedule = make_schedule(cfg, steps_per_epoch)
-    ema = dict(use_ema=cfg.ema_decay is not None, ema_momentum=cfg.ema_decay or 0.99)
+    ema = {}  # weight averaging: mnv3.training.ema (Keras' leaves BatchNorm out)
     clip = dict(global_clipnorm=cfg.clip_grad_norm)
     def kind(cls):
         return _scalable(cls) if cfg.backbone_lr_scale != 1.0 else cls

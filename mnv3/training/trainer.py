@@ -65,7 +65,7 @@ class Trainer:
                 ema_lib.Averages(self.model, self.optimizer, cfg.train.ema_decay)
         saved = {}
         if self.ema:  # only EMA runs have them: other checkpoints are as before
-            saved["statistics_averages"] = self.ema.averages
+            saved["ema_averages"] = self.ema.averages
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                               epochs_done=self.epochs_done,
                                               batches_done=self.batches_done,
