@@ -122,10 +122,10 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path):
     raw = trainer.model(images, training=False).numpy()
     saved = keras.saving.load_model(run_dir.best_model)(images, training=False).numpy()
     assert not np.allclose(raw, saved, atol=1e-4)  # best.keras holds other weights...
-    trainer.ema.on_test_begin()
+    trainer.ema.swap_in()
     np.testing.assert_allclose(trainer.model(images, training=False).numpy(), saved,
                                atol=1e-5)  # ...the moving averages
-    trainer.ema.on_test_end()
+    trainer.ema.swap_out()
     np.testing.assert_allclose(trainer.model(images, training=False).numpy(), raw, atol=1e-6)
 
 
@@ -268,10 +268,9 @@ def test_ema_averages_batchnorm_statistics_with_the_weights(tmp_path):
     """The weight averages cover BatchNorm's moving statistics too (Keras'
     optimiser EMA leaves them out), warm up with the step (so early averages
     are not the random start), are checkpointed, and are what best.keras holds
-    and evaluation uses: at EMA 0.999 over 4 epochs the averaged model learns
+    and evaluation uses: at EMA 0.999 over 300 steps the averaged model learns
     like the raw one (Keras' EMA stayed at chance, BENCHMARKS.md)."""
-    extra = ["train.epochs=4", "data.synthetic_images=1200", "train.learning_rate=0.06"]
-    run(tiny_cfg(*extra, "train.ema_decay=0.999"), str(tmp_path / "ema"))
+    run(tiny_cfg(*LEARN, "train.ema_decay=0.999"), str(tmp_path / "ema"))
     records = read_metrics(tmp_path / "ema")
     assert records[-1]["eval_top1"] > 0.3  # chance is 0.1
     reader = tf.train.load_checkpoint(str(tmp_path / "ema" / "checkpoints"))
