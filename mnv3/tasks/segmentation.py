@@ -27,9 +27,10 @@ class Segmentation(Task):
     def build(self, cfg, image_size=-1, **options):
         from mnv3.model.lraspp import build_segmenter
 
-        # A fixed size always: the head resizes to the skip's and the input's size.
-        return build_segmenter(cfg.model, cfg.task, self.input_size, cfg.data.num_classes,
-                               **options)
+        # A fixed size always (image_size is ignored): the head resizes to the
+        # skip's and the input's size.
+        size = (cfg.data.image_size, cfg.data.image_width or cfg.data.image_size)
+        return build_segmenter(cfg.model, cfg.task, size, cfg.data.num_classes, **options)
 
     def may_start_afresh(self, layer: str, ours, theirs) -> bool:
         """model.init_from: the halved last stage (task.reduced_tail) cannot take
@@ -42,8 +43,8 @@ class Segmentation(Task):
             return only_class_count_differs(ours, theirs)
         if not self.cfg.task.reduced_tail:
             return False
-        first = specs.last_stage_start(block_table(self.cfg.model))
-        tail = tuple(f"block{i}_" for i in range(first, len(block_table(self.cfg.model))))
+        blocks = block_table(self.cfg.model)
+        tail = tuple(f"block{i}_" for i in range(specs.last_stage_start(blocks), len(blocks)))
         return layer.startswith(tail + ("head_conv",))
 
     # --- data ---
