@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from mnv3.config import DataConfig
 from mnv3.data.folder import IMAGE_EXTENSIONS, check_images
-from mnv3.data.preprocess import decode
+from mnv3.data.preprocess import decode, to_uint8
 from mnv3.data.sources import Source, Split, holdout
 from mnv3.errors import UserError
 
@@ -135,8 +135,7 @@ def decode_pair(image, mask):
 
 
 def _resize_pair(image, mask, height, width):
-    image = tf.image.resize(image, [height, width], method="bilinear")
-    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    image = to_uint8(tf.image.resize(image, [height, width], method="bilinear"))
     mask = tf.image.resize(mask, [height, width], method="nearest")
     return image, tf.cast(mask, tf.uint8)
 

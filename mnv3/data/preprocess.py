@@ -40,13 +40,14 @@ def _decode_window(image: tf.Tensor, y, x, h, w) -> tf.Tensor:
     return tf.image.crop_to_bounding_box(image, y, x, h, w)
 
 
-def _to_uint8(image: tf.Tensor) -> tf.Tensor:
+def to_uint8(image: tf.Tensor) -> tf.Tensor:
+    """Float pixels (resized, blended) back to uint8 0..255, rounded."""
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
 def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
     resized = tf.image.resize(image, [size, size], method="bilinear")
-    return _to_uint8(resized)
+    return to_uint8(resized)
 
 
 def random_resized_crop(image, size: int, scale, ratio, seed) -> tf.Tensor:

@@ -148,13 +148,14 @@ class _Scorecard:
         self.count = 0
 
     def add(self, images: np.ndarray, truth: np.ndarray, scores: np.ndarray) -> None:
+        from mnv3.export import analysis
+
         n = len(self.labels)
         pred = np.argmax(scores, axis=-1).astype(np.uint8)
         if self.probe is None:
             self.probe = images[:2].copy()
         keep = truth != self.ignore_index
-        cells = truth[keep].astype(np.int64) * n + pred[keep]
-        self.confusion += np.bincount(cells, minlength=n * n).reshape(n, n)
+        self.confusion += analysis.confusion(truth[keep], pred[keep], n)
         if self.reference is None:
             self.predicted += list(pred)
             # Frames spread over the set: neighbours in a video set are near copies.
