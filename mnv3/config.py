@@ -107,6 +107,10 @@ class DataConfig:
         "is held out.")
     image_size: int = _field(224, "Square input resolution in pixels (the height "
                              "when `image_width` is set).", min=32, max=1024)
+    train_image_sizes: Optional[list[int]] = _field(
+        None, "Classification: training resolutions in equal stages of the epochs, "
+        "e.g. [96, 112, 128] (progressive resizing: early epochs are cheaper); "
+        "evaluation and export stay at `image_size`. null: `image_size` throughout.")
     image_width: Optional[int] = _field(
         None, "`segmentation`: input width, for frames that are not square (CamVid: "
         "image_size 360, image_width 480); null: square.", min=32, max=2048)
@@ -405,7 +409,8 @@ def _apply(section_obj, values: dict, where: str):
 # Keys that mean something for one task only: set for another, they are refused.
 CLASSIFICATION_ONLY = {"data.randaugment_ops": 0, "data.mixup_alpha": 0.0,
                        "data.cutmix_alpha": 0.0, "train.freeze_backbone_epochs": 0,
-                       "train.label_smoothing": 0.0, "model.feature_outputs": False}
+                       "train.label_smoothing": 0.0, "model.feature_outputs": False,
+                       "data.train_image_sizes": None}
 SEGMENTATION_ONLY = {"data.image_width": None}
 
 
@@ -485,6 +490,13 @@ def _check_consistency(cfg: Config):
         raise ConfigError(
             f"data.image_size: {cfg.data.image_size} px is smaller than the network's "
             f"total stride {total_stride}")
+    sizes = cfg.data.train_image_sizes or []
+    if any(not total_stride <= s <= 1024 for s in sizes):
+        raise ConfigError(f"data.train_image_sizes: each size is {total_stride}-1024 px "
+                          f"(the network's total stride up to 1024), got {sizes}")
+    if len(sizes) > max(cfg.train.epochs, 1):
+        raise ConfigError(f"data.train_image_sizes: {len(sizes)} stages for "
+                          f"{cfg.train.epochs} epochs; give at most one size per epoch")
 
 
 # ----------------------------------------------------------------------------

@@ -39,6 +39,11 @@ def test_yaml_values_are_applied(write_yaml):
     ("export:\n  quant: [int4]\n", ["export.quant[0]", "'int8'"]),
     ("model: 3\n", ["model", "mapping"]),
     ("model:\n  include_top: true\n  feature_outputs: true\n", ["model.feature_outputs"]),
+    ("data:\n  train_image_sizes: [16, 32]\n", ["data.train_image_sizes", "32-1024 px"]),
+    ("data:\n  train_image_sizes: [96, 112, 128]\ntrain:\n  epochs: 2\n",
+     ["data.train_image_sizes", "3 stages for 2 epochs"]),
+    ("task:\n  name: segmentation\ndata:\n  train_image_sizes: [64]\n",
+     ["data.train_image_sizes", "not for task.name: segmentation"]),
 ])
 def test_bad_values_name_file_and_dotted_key(write_yaml, text, fragments):
     path = write_yaml(text)

@@ -191,13 +191,13 @@ def test_train_views_crop_and_pad():
     image = tf.constant(random_rgb(rng, 50, 70))
     cfg = config_lib.load(None, ["data.image_size=32"]).data
     seed = tf.constant([1, 2], tf.int64)
-    out = preprocess.train_view(image, seed, cfg)
+    out = preprocess.train_view(image, seed, cfg, 32)
     assert out.shape == (32, 32, 3) and out.dtype == tf.uint8
-    np.testing.assert_array_equal(out, preprocess.train_view(image, seed, cfg))
+    np.testing.assert_array_equal(out, preprocess.train_view(image, seed, cfg, 32))
     padded = config_lib.load(None, ["data.image_size=32", "data.train_crop=pad_and_crop",
                                     "data.pad_pixels=4", "data.random_flip=false"]).data
     small = tf.constant(random_rgb(rng, 32, 32))
-    crops = [preprocess.train_view(small, tf.constant([s, 0], tf.int64), padded).numpy()
+    crops = [preprocess.train_view(small, tf.constant([s, 0], tf.int64), padded, 32).numpy()
              for s in range(20)]
     # Every crop is a shifted copy of the original with zero borders.
     assert any(not np.array_equal(c, small.numpy()) for c in crops)

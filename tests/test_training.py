@@ -15,6 +15,7 @@ from mnv3 import config as config_lib
 from mnv3.training import run
 from mnv3.training import optim
 from mnv3 import cli
+from mnv3.data.pipeline import train_image_size
 from mnv3.errors import UserError
 from tests.conftest import (LEARN, SMALL, TINY, assert_one_line_error, call_cli, read_metrics,
                             tiny_cfg, train_cli, train_here)
@@ -127,6 +128,40 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path):
                                atol=1e-5)  # ...the moving averages
     trainer.ema.swap_out()
     np.testing.assert_allclose(trainer.model(images, training=False).numpy(), raw, atol=1e-6)
+
+
+def test_resolution_schedule_stages():
+    cfg = config_lib.load(None, ["train.epochs=10", "data.train_image_sizes=[96,112,128]"])
+    assert [train_image_size(cfg, e) for e in range(10)] == [96] * 4 + [112] * 3 + [128] * 3
+    assert train_image_size(config_lib.load(None, ["data.image_size=160"]), 5) == 160
+
+
+@pytest.mark.slow
+def test_a_resolution_schedule_trains_at_its_sizes_and_saves_at_image_size(tmp_path):
+    from mnv3.data import make_pipeline
+    from mnv3.run_dir import RunDir
+    from mnv3.training.trainer import Trainer
+
+    cfg = tiny_cfg("train.epochs=3", "data.synthetic_images=160",
+                   "data.train_image_sizes=[32,48]")
+    run_dir = RunDir(str(tmp_path / "run"))
+    run_dir.ensure_writable()
+    pipeline = make_pipeline(cfg)
+    assert [tuple(pipeline.train(e).element_spec[0].shape[1:3]) for e in range(3)] == \
+        [(32, 32), (32, 32), (48, 48)]
+    trainer = Trainer(cfg, run_dir, tf.distribute.get_strategy(), pipeline)
+    trainer.fit()
+    records = read_metrics(run_dir.path)
+    assert [r["train_image_size"] for r in records] == [32, 32, 48]
+    assert all(np.isfinite(r["train_loss"]) and r["eval_images"] > 0 for r in records)
+    # Evaluated and saved at data.image_size (64), as the export expects.
+    saved = keras.saving.load_model(run_dir.best_model)
+    assert tuple(saved.input.shape[1:]) == (64, 64, 3)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    trainer.save_best()  # the last epoch's weights, whatever eval chose
+    np.testing.assert_allclose(
+        keras.saving.load_model(run_dir.best_model)(images, training=False).numpy(),
+        trainer.model(images, training=False).numpy(), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -32,6 +32,15 @@ def _epoch_seed(seed: int | None, epoch: int, stream: str) -> int | None:
     return zlib.crc32(f"{seed}/{epoch}/{stream}".encode()) & 0x7FFFFFFF
 
 
+def train_image_size(cfg: Config, epoch: int) -> int:
+    """The training resolution of an epoch (0-based): data.train_image_sizes in
+    equal stages of train.epochs, else data.image_size."""
+    sizes = cfg.data.train_image_sizes
+    if not sizes:
+        return cfg.data.image_size
+    return sizes[min(epoch * len(sizes) // max(cfg.train.epochs, 1), len(sizes) - 1)]
+
+
 def _mix(cfg: DataConfig, seed: int | None):
     """MixUp and/or CutMix on batches (one of them per batch when both are on)."""
     mixers = []
@@ -102,8 +111,10 @@ class Pipeline:
                 value_range=(0, 255), num_ops=d.randaugment_ops,
                 factor=d.randaugment_magnitude, seed=_epoch_seed(seed, epoch, "randaug"))
 
+        size = train_image_size(self.cfg, epoch)
+
         def augment(example, image_seed):
-            image, label = self.task.train_view(*example, image_seed)
+            image, label = self.task.train_view(*example, image_seed, size)
             if randaugment is not None:
                 image = tf.cast(tf.clip_by_value(
                     randaugment(tf.cast(image, tf.float32)), 0, 255), tf.uint8)

@@ -83,19 +83,18 @@ def center_crop(image, size: int, crop_fraction: float) -> tf.Tensor:
     return _resize(_decode_window(image, y, x, side, side), size)
 
 
-def train_view(image, seed, cfg) -> tf.Tensor:
-    """One training view of an image under the data config's crop and flip."""
+def train_view(image, seed, cfg, size: int) -> tf.Tensor:
+    """One `size` px training view of an image under the data config's crop and flip."""
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     if cfg.train_crop == "random_resized":
-        image = random_resized_crop(image, cfg.image_size, cfg.crop_scale, cfg.crop_ratio,
-                                    crop_seed)
+        image = random_resized_crop(image, size, cfg.crop_scale, cfg.crop_ratio, crop_seed)
     elif cfg.train_crop == "pad_and_crop":
-        image = pad_and_crop(image, cfg.image_size, cfg.pad_pixels, crop_seed)
+        image = pad_and_crop(image, size, cfg.pad_pixels, crop_seed)
     else:
-        image = _resize(decode(image), cfg.image_size)
+        image = _resize(decode(image), size)
     if cfg.random_flip:
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-    image.set_shape([cfg.image_size, cfg.image_size, 3])
+    image.set_shape([size, size, 3])
     return image
 
 

@@ -44,10 +44,12 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
                 and self.epsilon >= _FUSED_MIN_EPSILON)
 
 
-def with_keras_batch_norm(model: keras.Model) -> keras.Model:
+def with_keras_batch_norm(model: keras.Model, size: tuple[int, int] | None = None
+                          ) -> keras.Model:
     """A copy of `model` (same weights, every layer trainable) whose BatchNorm
     layers are Keras' own, so a saved file loads with plain Keras, without mnv3
-    on the path."""
+    on the path. `size`: (height, width) of the copy's input, for a model built
+    for any size (a resolution schedule); None keeps the model's."""
     def clone(layer):
         cls = type(layer)
         if isinstance(layer, FusedBatchNormalization):
@@ -56,6 +58,9 @@ def with_keras_batch_norm(model: keras.Model) -> keras.Model:
         config["trainable"] = True  # a backbone frozen for fine-tuning is not frozen in the file
         return cls.from_config(config)
 
-    copy = keras.models.clone_model(model, clone_function=clone)
+    inputs = None
+    if size is not None:
+        inputs = keras.Input((*size, model.input.shape[-1]), name=model.input.name)
+    copy = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
     copy.set_weights(model.get_weights())
     return copy

@@ -36,7 +36,8 @@ class Task:
         """(encoded or raw image, label) -> decoded, for in-memory caching."""
         raise NotImplementedError
 
-    def train_view(self, image, label, seed):
+    def train_view(self, image, label, seed, size):
+        """One augmented training example at `size` px (this epoch's resolution)."""
         raise NotImplementedError
 
     def eval_view(self, image, label):

@@ -47,9 +47,9 @@ class Classification(Task):
         from mnv3.data import preprocess
         return preprocess.decode(image), label
 
-    def train_view(self, image, label, seed):
+    def train_view(self, image, label, seed, size):
         from mnv3.data import preprocess
-        return preprocess.train_view(image, seed, self.cfg.data), label
+        return preprocess.train_view(image, seed, self.cfg.data, size), label
 
     def eval_view(self, image, label):
         from mnv3.data import preprocess

@@ -56,7 +56,8 @@ class Segmentation(Task):
         from mnv3.data.masks import decode_pair
         return decode_pair(image, mask)
 
-    def train_view(self, image, mask, seed):
+    def train_view(self, image, mask, seed, size):
+        # `size` is data.image_size: resolution schedules are for classification.
         from mnv3.data.masks import train_view
         return train_view(image, mask, seed, self.cfg.data, self.input_size)
 

@@ -20,6 +20,7 @@ import tensorflow as tf
 from mnv3.config import Config
 from mnv3.console import say, warn
 from mnv3.data import Pipeline
+from mnv3.data.pipeline import train_image_size
 from mnv3.errors import UserError, first_line
 from mnv3.model.pretrained import Start
 from mnv3.model.layers import with_keras_batch_norm
@@ -47,7 +48,10 @@ class Trainer:
         self.steps_per_epoch = pipeline.steps_per_epoch() if cfg.train.epochs else 1
         self.global_batch = cfg.train.batch_size
         with strategy.scope():
-            self.model = self.task.build(cfg)
+            # A resolution schedule trains one model at several sizes; its saved
+            # copy (save_best) takes data.image_size, as the export expects.
+            self.model = self.task.build(
+                cfg, image_size=None if cfg.data.train_image_sizes else -1)
             self.optimizer = optim.make_optimizer(cfg.train, self.steps_per_epoch)
             if cfg.runtime.mixed_precision == "mixed_float16":
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
@@ -79,6 +83,7 @@ class Trainer:
         self.best_metric = self.task.best_metric
         self.loss_fn = self.task.loss()
         self._backbone_frozen = None  # set by _set_phase when fine-tuning freezes it
+        self._train_size = None  # the resolution of the epoch in progress
         self._make_train_step()
         self.eval_step = tf.function(lambda batch: self._on_all_replicas(self._eval_step, batch),
                                      reduce_retracing=True)
@@ -263,7 +268,7 @@ class Trainer:
             if self.chief:
                 # Cloning costs more than the save; later saves refill one copy.
                 if self._saved_copy is None:
-                    self._saved_copy = with_keras_batch_norm(self.model)
+                    self._saved_copy = with_keras_batch_norm(self.model, self.task.input_size)
                 else:
                     self._saved_copy.set_weights(self.model.get_weights())
                 with atomic_path(self.run_dir.best_model) as tmp:
@@ -379,6 +384,10 @@ class Trainer:
     def _train_epoch(self, epoch: int):
         cfg, spe = self.cfg.train, self.steps_per_epoch
         self._set_phase(epoch)
+        size = train_image_size(self.cfg, epoch)
+        if self.cfg.data.train_image_sizes and size != self._train_size:
+            say(f"epoch {epoch + 1} on: training at {size} px")
+        self._train_size = size
         in_epoch = int(self.batches_done.numpy()) - epoch * spe  # > 0 after a resume
         ds = self.pipeline.train(epoch).repeat().take(spe).skip(max(in_epoch, 0))
         iterator = iter(self.distribute(ds))
@@ -447,6 +456,8 @@ class Trainer:
                   **{f"train_{k}": v for k, v in train_rates.items()},
                   "images_per_sec": round(train_rates["images"] / max(seconds, 1e-9), 1),
                   "seconds": round(seconds, 1)}
+        if self.cfg.data.train_image_sizes:
+            record["train_image_size"] = train_image_size(self.cfg, epoch)
         if cfg.mode == "train_and_eval":
             metrics = self.evaluate()
             record.update({f"eval_{k}": v for k, v in metrics.items()})
