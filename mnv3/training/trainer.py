@@ -457,7 +457,7 @@ class Trainer:
                   "images_per_sec": round(train_rates["images"] / max(seconds, 1e-9), 1),
                   "seconds": round(seconds, 1)}
         if self.cfg.data.train_image_sizes:
-            record["train_image_size"] = train_image_size(self.cfg, epoch)
+            record["train_image_size"] = self._train_size
         if cfg.mode == "train_and_eval":
             metrics = self.evaluate()
             record.update({f"eval_{k}": v for k, v in metrics.items()})
