@@ -59,12 +59,15 @@ def test_resize_gives_mediapipes_own_input_tensor():
 
 def _photos(tmp_path, count=8):
     """Photos of other sizes than the model's: real ones from ../shared/data
-    where present, plus odd-sized random ones."""
+    where present, plus odd-sized random ones. All of them are sizes whose 64 px
+    MediaPipe input our resize matches bit for bit (the halfway case, where a
+    pixel may differ by 1/32 of a step, is measured above), so what is compared
+    below is the model, not the resize."""
     paths = sorted(glob.glob(os.path.join(SHARED_DATA, "camvid", "train", "images", "*")))[:2]
     paths += sorted(glob.glob(os.path.join(SHARED_DATA, "imagenette", "train", "*",
                                            "*.JPEG")))[::1500][:4]
     rng = np.random.default_rng(1)
-    for i, (h, w) in enumerate([(97, 203), (300, 50), (64, 64), (120, 90)]):
+    for i, (h, w) in enumerate([(97, 204), (300, 50), (64, 64), (120, 90)]):
         path = tmp_path / f"photo{i}.png"
         tf.io.write_file(str(path), tf.io.encode_png(
             rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
@@ -94,16 +97,16 @@ def test_predict_agrees_with_mediapipe_and_across_model_files(tmp_path, exported
             assert scores == sorted(scores, reverse=True) and 0 <= scores[-1] <= scores[0] <= 1
         results[name] = rows
     # The Keras model, prepared by our resize, scores as its float32 export does
-    # through MediaPipe: the same scores to rounding (a half-step pixel can move
-    # one by a little), so the same top class unless two are all but tied.
+    # through MediaPipe: the same input tensor, so the same scores to float
+    # rounding, and the same top class unless two are tied to that rounding.
     for keras_row, tflite_row in zip(results["run"], results["float32"]):
         ours = {t["index"]: t["score"] for t in keras_row["top"]}
         phone = {t["index"]: t["score"] for t in tflite_row["top"]}
         shared = set(ours) & set(phone)
         assert tflite_row["top"][0]["index"] in shared
-        assert all(abs(ours[i] - phone[i]) < 0.02 for i in shared), (ours, phone)
+        assert all(abs(ours[i] - phone[i]) < 1e-3 for i in shared), (ours, phone)
         top, second = tflite_row["top"][0]["score"], tflite_row["top"][1]["score"]
-        if top - second > 0.04:
+        if top - second > 2e-3:
             assert keras_row["top"][0]["index"] == tflite_row["top"][0]["index"]
     # One line per image without --json.
     out = call_cli(cli.predict, "--model", model_dir, photos[0], photos[-1])
