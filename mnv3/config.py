@@ -215,6 +215,9 @@ class TrainConfig:
     weight_decay: float = _field(
         1e-5, "L2 on conv and dense kernels (not BatchNorm or biases); decoupled "
         "for `adamw` (use about 0.05 there).", min=0.0, max=1.0)
+    decay_depthwise: bool = _field(
+        True, "Weight decay on depthwise kernels too. The paper's TensorFlow code "
+        "leaves them out (false), as MobileNetV1 advises: they have few parameters.")
     label_smoothing: float = _field(0.0, "Label smoothing.", min=0.0, max=0.5)
     freeze_backbone_epochs: int = _field(
         0, "Fine-tuning: for this many epochs at the start only the classifier head "

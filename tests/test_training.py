@@ -233,8 +233,36 @@ def test_schedules_and_weight_decay_targets():
     kernels = optim.decayed_weights(model)
     assert kernels and all(v.path.endswith("kernel") for v in kernels)
     assert not any("_bn" in v.path or "bias" in v.path for v in kernels)
+    # As the paper's TF code: no decay on depthwise kernels when asked.
+    pointwise = optim.decayed_weights(model, depthwise=False)
+    depthwise = [v for v in kernels if "_depthwise/" in v.path]
+    assert depthwise and len(pointwise) == len(kernels) - len(depthwise)
+    assert not any("_depthwise/" in v.path for v in pointwise)
     rms = optim.make_optimizer(config_lib.load(None, ["train.optimizer=rmsprop"]).train, 10)
     assert rms.epsilon == pytest.approx(0.002 ** 0.5) and rms.rho == 0.9
+
+
+@pytest.mark.parametrize("decay_depthwise", [True, False])
+def test_adamw_decays_depthwise_kernels_only_when_asked(decay_depthwise):
+    from mnv3.config import ModelConfig
+    from mnv3.model import build_model
+
+    model = build_model(ModelConfig(alpha=0.35), 32, 10)
+    cfg = config_lib.load(None, ["train.optimizer=adamw", "train.weight_decay=0.5",
+                                 "train.warmup_epochs=0", "train.schedule=constant",
+                                 "train.learning_rate=0.1",
+                                 f"train.decay_depthwise={str(decay_depthwise).lower()}"]).train
+    optimizer = optim.make_optimizer(cfg, 10, model)
+    variables = model.trainable_variables
+    before = [v.numpy().copy() for v in variables]
+    # Zero gradients: Adam's step is zero, so only the decoupled decay moves a weight.
+    optimizer.apply_gradients([(tf.zeros_like(v), v) for v in variables])
+    moved = {v.path for v, b in zip(variables, before) if not np.array_equal(v.numpy(), b)}
+    depthwise = {v.path for v in variables if "_depthwise/" in v.path}
+    pointwise = {v.path for v in variables if v.path.endswith("kernel")} - depthwise
+    assert depthwise and pointwise and pointwise <= moved
+    assert (depthwise <= moved) if decay_depthwise else not (depthwise & moved)
+    assert not any(p.endswith(("gamma", "beta", "bias")) for p in moved)
 
 
 def _free_port():

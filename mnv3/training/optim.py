@@ -131,9 +131,10 @@ def _schedule(cfg: TrainConfig, steps_per_epoch: int, epochs: int):
     return WarmupConstant(peak, warmup)
 
 
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, model=None):
     """The configured optimiser; with `backbone_lr_scale` one that can give some
-    variables a lower rate (scale_learning_rate, after build)."""
+    variables a lower rate (scale_learning_rate, after build). `model`: the one it
+    will train, which `decay_depthwise: false` needs to find depthwise kernels."""
     schedule = make_schedule(cfg, steps_per_epoch)
     ema = {}  # weight averaging: mnv3.training.ema (Keras' leaves BatchNorm out)
     clip = dict(global_clipnorm=cfg.clip_grad_norm)
@@ -154,8 +155,9 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int):
         return kind(keras.optimizers.Adam)(schedule, **ema, **clip)
     optimizer = kind(keras.optimizers.AdamW)(schedule, weight_decay=cfg.weight_decay,
                                              **ema, **clip)
-    # Decoupled decay only on kernels, as the L2 term is for the other optimisers.
-    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    # Decoupled decay on the weights the L2 term covers for the other optimisers.
+    kept = [] if model is None or cfg.decay_depthwise else depthwise_kernels(model)
+    optimizer.exclude_from_weight_decay(var_list=kept, var_names=["gamma", "beta", "bias"])
     return optimizer
 
 
@@ -164,7 +166,14 @@ def uses_l2_loss(cfg: TrainConfig) -> bool:
     return cfg.optimizer != "adamw" and cfg.weight_decay > 0
 
 
-def decayed_weights(model) -> list:
-    """Conv and dense kernels: the weights that weight decay applies to."""
+def depthwise_kernels(model) -> list:
+    return [layer.kernel for layer in model.layers
+            if isinstance(layer, keras.layers.DepthwiseConv2D)]
+
+
+def decayed_weights(model, depthwise: bool = True) -> list:
+    """Conv and dense kernels, depthwise ones if `depthwise`: the weights that
+    weight decay applies to."""
+    skipped = set() if depthwise else {id(v) for v in depthwise_kernels(model)}
     return [v for layer in model.layers for v in layer.trainable_weights
-            if v.path.endswith(("kernel", "depthwise_kernel"))]
+            if v.path.endswith("kernel") and id(v) not in skipped]

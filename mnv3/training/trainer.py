@@ -52,7 +52,7 @@ class Trainer:
             # copy (save_best) takes data.image_size, as the export expects.
             self.model = self.task.build(
                 cfg, image_size=None if cfg.data.train_image_sizes else -1)
-            self.optimizer = optim.make_optimizer(cfg.train, self.steps_per_epoch)
+            self.optimizer = optim.make_optimizer(cfg.train, self.steps_per_epoch, self.model)
             if cfg.runtime.mixed_precision == "mixed_float16":
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             self.optimizer.build(self.model.trainable_variables)
@@ -97,7 +97,8 @@ class Trainer:
     def _make_train_step(self) -> None:
         """(Re)traces the step for the variables that train now."""
         cfg = self.cfg
-        self.kernels = optim.decayed_weights(self.model) if optim.uses_l2_loss(cfg.train) else []
+        self.kernels = (optim.decayed_weights(self.model, cfg.train.decay_depthwise)
+                        if optim.uses_l2_loss(cfg.train) else [])
         # One step may be XLA-compiled; the loop around it reads an iterator, which
         # XLA cannot, so it is a function of its own.
         self._one_step = tf.function(
