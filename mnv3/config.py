@@ -235,6 +235,11 @@ class TrainConfig:
         None, "Exponential moving average of the weights and BatchNorm statistics "
         "(paper 0.9999); evaluation and best.keras use the averages. null: off.",
         min=0.0, max=1.0, min_exclusive=True)
+    eval_every_epochs: int = _field(
+        1, "Evaluate, and keep best.keras, every N epochs and after the last one. "
+        "Short epochs spend a real share of their time on evaluation; a larger N "
+        "trains more in the same time, and best.keras is chosen among fewer epochs.",
+        min=1, max=100_000)
     checkpoint_every_steps: int = _field(
         0, "Also checkpoint every N steps within an epoch (0: at epoch ends only).",
         min=0, max=1_000_000_000)

@@ -130,6 +130,29 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path):
     np.testing.assert_allclose(trainer.model(images, training=False).numpy(), raw, atol=1e-6)
 
 
+def test_eval_every_epochs_evaluates_on_its_epochs_and_the_last(tmp_path):
+    from mnv3.data import make_pipeline
+    from mnv3.export.plots import curves_png
+    from mnv3.run_dir import RunDir
+    from mnv3.training.trainer import Trainer
+
+    cfg = tiny_cfg("train.epochs=3", "data.synthetic_images=160", "train.eval_every_epochs=2")
+    run_dir = RunDir(str(tmp_path / "run"))
+    run_dir.ensure_writable()
+    trainer = Trainer(cfg, run_dir, tf.distribute.get_strategy(), make_pipeline(cfg))
+    trainer.fit()
+    records = read_metrics(run_dir.path)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert ["eval_top1" in r for r in records] == [False, True, True]
+    # best.keras is the better of the evaluated epochs, and the run knows its score.
+    assert float(trainer.best_top1.numpy()) == pytest.approx(
+        max(records[1]["eval_top1"], records[2]["eval_top1"]))
+    assert trainer.evaluate()["top1"] == pytest.approx(records[2]["eval_top1"], abs=1e-6)
+    # The training curves draw the evaluated epochs only, with no gap in the line.
+    curves_png(records, str(tmp_path / "curves.png"))
+    assert os.path.getsize(tmp_path / "curves.png") > 10_000
+
+
 def test_resolution_schedule_stages():
     cfg = config_lib.load(None, ["train.epochs=10", "data.train_image_sizes=[96,112,128]"])
     assert [train_image_size(cfg, e) for e in range(10)] == [96] * 4 + [112] * 3 + [128] * 3

@@ -84,18 +84,17 @@ def curves_png(records: list[dict], path: str, metric: str = "top1",
     plt = _pyplot()
     epochs = [r["epoch"] for r in records]
 
-    def series(key):
-        return [r.get(key) for r in records]
+    def series(key):  # epochs that have the key (evaluation can skip epochs)
+        return zip(*[(r["epoch"], r[key]) for r in records if r.get(key) is not None])
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), dpi=100)
     for ax, (title, keys) in zip(axes, [("loss", ["train_loss", "eval_loss"]),
                                         (title, [f"train_{metric}", f"eval_{metric}"]),
                                         ("learning rate (end of epoch)", ["lr"])]):
         for key in keys:
-            values = series(key)
-            if any(v is not None for v in values):
-                ax.plot(epochs, values, marker="o", markersize=3,
-                        label=key.replace("_", " "))
+            points = list(series(key))
+            if points:
+                ax.plot(*points, marker="o", markersize=3, label=key.replace("_", " "))
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -459,12 +459,16 @@ class Trainer:
                   "seconds": round(seconds, 1)}
         if self.cfg.data.train_image_sizes:
             record["train_image_size"] = self._train_size
-        if cfg.mode == "train_and_eval":
+        evaluated = cfg.mode == "train_and_eval" and (
+            (epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs)
+        if evaluated:
             metrics = self.evaluate()
             record.update({f"eval_{k}": v for k, v in metrics.items()})
             improved = metrics[self.best_metric] > float(self.best_top1.numpy())
         else:
-            improved = True  # no eval data to choose by: keep the latest
+            # No eval data to choose by: keep the latest. Between evaluations of a
+            # train_and_eval run, best.keras stays the best evaluated epoch.
+            improved = cfg.mode != "train_and_eval"
         if improved:
             self.save_best()
             self.best_top1.assign(record.get(f"eval_{self.best_metric}", 0.0))
@@ -472,7 +476,7 @@ class Trainer:
         self.save_checkpoint(record["step"])
         if self.chief:
             self.run_dir.append_metrics(record)
-            if cfg.mode == "train_and_eval":
+            if evaluated:
                 with self.writer.as_default(step=record["step"]):
                     for name, value in metrics_lib.numbers(metrics).items():
                         tf.summary.scalar(f"eval/{name}", value)
