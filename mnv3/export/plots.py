@@ -82,7 +82,6 @@ def curves_png(records: list[dict], path: str, metric: str = "top1",
     """Loss, the task's headline `metric` (train and eval) and learning rate
     against epoch, from metrics.jsonl records."""
     plt = _pyplot()
-    epochs = [r["epoch"] for r in records]
 
     def series(key):  # epochs that have the key (evaluation can skip epochs)
         return zip(*[(r["epoch"], r[key]) for r in records if r.get(key) is not None])
