@@ -5,6 +5,12 @@ MobileNetV3 compiled and fitted plainly, same batch, resolution and data, one ru
 
 Both train from the same in-memory batches, so only the model and the training
 step are compared; each is timed over `--steps` steps after `--warmup` steps.
+
+With `--config` (and `--set KEY=VALUE`), only our step is timed, for that
+config's model, image size and batch: the speed of a recipe's training step,
+without its data pipeline or evaluation.
+
+    python benchmarks/train_throughput.py --config configs/cifar10_small.yaml --steps 60 --json
 """
 
 from __future__ import annotations
@@ -46,17 +52,26 @@ def time_keras_fit(variant, image_size, batch_size, steps, warmup, classes=10) -
 
 def time_ours(variant, image_size, batch_size, steps, warmup, classes=10,
               steps_per_execution=1) -> float:
+    from mnv3 import config as config_lib
+
+    return time_config(config_lib.load(None, [
+        f"model.variant={variant}", f"data.image_size={image_size}",
+        f"data.num_classes={classes}", f"train.batch_size={batch_size}",
+        f"train.steps_per_execution={steps_per_execution}"]), steps, warmup)
+
+
+def time_config(cfg, steps, warmup) -> float:
+    """Our training step's images/s for `cfg`'s model, size and batch."""
     import tensorflow as tf
 
-    from mnv3 import config as config_lib, tasks
+    from mnv3 import tasks
     from mnv3.data.pipeline import Pipeline
     from mnv3.data.sources import Source, Split
     from mnv3.run_dir import RunDir
     from mnv3.training.trainer import Trainer
 
-    cfg = config_lib.load(None, [f"model.variant={variant}", f"data.image_size={image_size}",
-                                 f"data.num_classes={classes}", f"train.batch_size={batch_size}",
-                                 f"train.steps_per_execution={steps_per_execution}"])
+    image_size, batch_size = cfg.data.image_size, cfg.train.batch_size
+    classes = cfg.data.num_classes
     data = _batches(image_size, batch_size, classes)
     split = Split(lambda seed: data, batch_size * steps)
     pipeline = Pipeline(Source(split, split, [str(i) for i in range(classes)]), cfg,
@@ -85,7 +100,20 @@ def main(argv):
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps_per_execution", type=int, default=1)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--config", help="time only our step, for this config")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of --config (repeatable)")
     args = parser.parse_args(argv)
+    if args.config:
+        from mnv3 import config as config_lib
+
+        cfg = config_lib.load(args.config, args.set)
+        ips = time_config(cfg, args.steps, args.warmup)
+        result = {"config": args.config, "set": args.set, "image_size": cfg.data.image_size,
+                  "batch_size": cfg.train.batch_size, "steps": args.steps,
+                  "ours_images_per_sec": round(ips, 1), "cpu_count": os.cpu_count()}
+        print(json.dumps(result) if args.json else f"ours {ips:.1f} img/s")
+        return
     common = (args.variant, args.image_size, args.batch_size, args.steps, args.warmup)
     keras_ips = time_keras_fit(*common)
     ours_ips = time_ours(*common, steps_per_execution=args.steps_per_execution)
