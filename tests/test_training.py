@@ -108,17 +108,24 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
             assert np.isfinite(value).all(), name
 
 
-@pytest.mark.slow
-def test_ema_weights_are_evaluated_and_saved(tmp_path):
+def _fitted_trainer(tmp_path, cfg, pipeline=None):
+    """A Trainer in a new run directory under tmp_path, after fit(): (trainer, run_dir)."""
     from mnv3.data import make_pipeline
     from mnv3.run_dir import RunDir
     from mnv3.training.trainer import Trainer
 
-    cfg = tiny_cfg("train.epochs=1", "data.synthetic_images=320", "train.ema_decay=0.9999")
     run_dir = RunDir(str(tmp_path / "run"))
     run_dir.ensure_writable()
-    trainer = Trainer(cfg, run_dir, tf.distribute.get_strategy(), make_pipeline(cfg))
+    trainer = Trainer(cfg, run_dir, tf.distribute.get_strategy(),
+                      pipeline or make_pipeline(cfg))
     trainer.fit()
+    return trainer, run_dir
+
+
+@pytest.mark.slow
+def test_ema_weights_are_evaluated_and_saved(tmp_path):
+    cfg = tiny_cfg("train.epochs=1", "data.synthetic_images=320", "train.ema_decay=0.9999")
+    trainer, run_dir = _fitted_trainer(tmp_path, cfg)
     images = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32")
     raw = trainer.model(images, training=False).numpy()
     saved = keras.saving.load_model(run_dir.best_model)(images, training=False).numpy()
@@ -131,16 +138,10 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path):
 
 
 def test_eval_every_epochs_evaluates_on_its_epochs_and_the_last(tmp_path):
-    from mnv3.data import make_pipeline
     from mnv3.export.plots import curves_png
-    from mnv3.run_dir import RunDir
-    from mnv3.training.trainer import Trainer
 
     cfg = tiny_cfg("train.epochs=3", "data.synthetic_images=160", "train.eval_every_epochs=2")
-    run_dir = RunDir(str(tmp_path / "run"))
-    run_dir.ensure_writable()
-    trainer = Trainer(cfg, run_dir, tf.distribute.get_strategy(), make_pipeline(cfg))
-    trainer.fit()
+    trainer, run_dir = _fitted_trainer(tmp_path, cfg)
     records = read_metrics(run_dir.path)
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert ["eval_top1" in r for r in records] == [False, True, True]
@@ -162,18 +163,13 @@ def test_resolution_schedule_stages():
 @pytest.mark.slow
 def test_a_resolution_schedule_trains_at_its_sizes_and_saves_at_image_size(tmp_path):
     from mnv3.data import make_pipeline
-    from mnv3.run_dir import RunDir
-    from mnv3.training.trainer import Trainer
 
     cfg = tiny_cfg("train.epochs=3", "data.synthetic_images=160",
                    "data.train_image_sizes=[32,48]")
-    run_dir = RunDir(str(tmp_path / "run"))
-    run_dir.ensure_writable()
     pipeline = make_pipeline(cfg)
     assert [tuple(pipeline.train(e).element_spec[0].shape[1:3]) for e in range(3)] == \
         [(32, 32), (32, 32), (48, 48)]
-    trainer = Trainer(cfg, run_dir, tf.distribute.get_strategy(), pipeline)
-    trainer.fit()
+    trainer, run_dir = _fitted_trainer(tmp_path, cfg, pipeline)
     records = read_metrics(run_dir.path)
     assert [r["train_image_size"] for r in records] == [32, 32, 48]
     assert all(np.isfinite(r["train_loss"]) and r["eval_images"] > 0 for r in records)
@@ -320,18 +316,12 @@ def test_two_workers_train_one_model_on_loopback(tmp_path):
 
 @pytest.mark.slow
 def test_several_steps_per_call_keep_logs_checkpoints_and_the_non_finite_stop(tmp_path, capsys):
-    from mnv3.data import make_pipeline
-    from mnv3.run_dir import RunDir
-    from mnv3.training.trainer import Trainer
 
     # 8 steps an epoch in calls of 3: the calls are cut at step 4 (checkpoint)
     # and 5 (log line), so both fall where they would one step at a time.
     cfg = tiny_cfg("data.synthetic_images=320", "train.epochs=1", "train.steps_per_execution=3",
                    "train.checkpoint_every_steps=4", "train.log_every_steps=5")
-    run_dir = RunDir(str(tmp_path / "run"))
-    run_dir.ensure_writable()
-    trainer = Trainer(cfg, run_dir, tf.distribute.get_strategy(), make_pipeline(cfg))
-    trainer.fit()
+    trainer, run_dir = _fitted_trainer(tmp_path, cfg)
     out = capsys.readouterr().out
     assert [line.split(":")[0] for line in out.splitlines() if " step " in line] == [
         "epoch 1/1 step 5/8", "epoch 1/1 step 8/8"]
