@@ -68,9 +68,10 @@ def test_kill_9_and_resume(tmp_path):
     proc = train_cli(model_dir, *extra)
     checkpoints = model_dir / "checkpoints"
     deadline = time.time() + 180
+    # Wait for the manager's state file, not the first .index: the state file is
+    # written after the checkpoint, and a kill between the two left none to name.
     while time.time() < deadline and proc.poll() is None:
-        if checkpoints.exists() and any(f.startswith("ckpt-") and f.endswith(".index")
-                                        for f in os.listdir(checkpoints)):
+        if checkpoints.exists() and tf.train.latest_checkpoint(str(checkpoints)):
             break
         time.sleep(0.2)
     assert proc.poll() is None, "training ended before it could be killed"
