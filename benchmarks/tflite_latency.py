@@ -3,7 +3,8 @@ MobileNetV3 exported the usual way, one run, same machine, same calibration.
 
     python benchmarks/tflite_latency.py --variant large --json
 
-Randomly initialised models at 224 px, 1000 classes; ai-edge-litert with its
+Randomly initialised models at 224 px, 1000 classes (and ours in int8 with
+every layer quantized, export.int8_float_stem false: our_int8_all); ai-edge-litert with its
 default XNNPACK delegate, 1 thread, batch 1; the models take turns for
 --rounds rounds of --runs / --rounds invokes each (after warm-up), and each
 figure is the median of its per-round medians. keras.applications goes
@@ -39,11 +40,12 @@ def _keras_applications_tflite(variant: str, size: int, calibration, int8: bool)
         return converter.convert()
 
 
-def _our_tflite(variant: str, size: int, calibration, int8: bool) -> bytes:
+def _our_tflite(variant: str, size: int, calibration, int8: bool,
+                float_stem: bool = True) -> bytes:
     from mnv3 import config as config_lib
     from mnv3.export import modes
     from mnv3.export.convert import convert
-    from mnv3.export.graph import export_graph, scale_input
+    from mnv3.export.graph import export_graph, float_layers, scale_input
     from mnv3.model import build_from_config
 
     cfg = config_lib.load(None, [f"model.variant={variant}", f"data.image_size={size}",
@@ -53,7 +55,8 @@ def _our_tflite(variant: str, size: int, calibration, int8: bool) -> bytes:
     if not int8:
         return convert(graph, mode)
     return convert(graph, mode, [scale_input(x)[None] for x in calibration],
-                   percentile=cfg.export.calibration_percentile)
+                   percentile=cfg.export.calibration_percentile,
+                   float_layers=float_layers(graph) if float_stem else ())
 
 
 def main(argv):
@@ -82,6 +85,9 @@ def main(argv):
             tflite = make(args.variant, args.image_size, calibration, mode == "int8")
             classifiers[f"{who}_{mode}"] = TFLiteModel(tflite)
             result[f"{who}_{mode}_mb"] = round(len(tflite) / 2**20, 2)
+    # What the float stem costs: our int8 with export.int8_float_stem false.
+    classifiers["our_int8_all"] = TFLiteModel(
+        _our_tflite(args.variant, args.image_size, calibration, True, float_stem=False))
     # The four models take turns, round after round: this machine's speed drifts
     # by 10-20% over minutes, and turns keep that drift out of the ratios.
     medians = {name: [] for name in classifiers}
@@ -93,6 +99,7 @@ def main(argv):
     result["our_int8_over_our_float"] = round(result["our_int8_ms"] / result["our_float_ms"], 3)
     result["our_int8_over_keras_int8"] = round(result["our_int8_ms"] / result["keras_int8_ms"], 3)
     result["our_float_over_keras_float"] = round(result["our_float_ms"] / result["keras_float_ms"], 3)
+    result["our_int8_over_our_int8_all"] = round(result["our_int8_ms"] / result["our_int8_all_ms"], 3)
     result["keras_int8_over_keras_float"] = round(result["keras_int8_ms"] / result["keras_float_ms"], 3)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 

@@ -262,6 +262,10 @@ class ExportConfig:
         "uint8", "`int8` mode input type; uint8 takes raw 0..255 pixels.")
     int8_output: Literal["float32", "uint8", "int8"] = _field(
         "float32", "`int8` mode output type.")
+    int8_float_stem: bool = _field(
+        True, "`int8` mode: the stem and the first depthwise conv run in float, where "
+        "one int8 scale per tensor loses most; false: every layer in int8 (for "
+        "integer-only accelerators).")
     calibration_steps: int = _field(
         1024, "int8 calibration steps, one training image each (eval preprocessing); "
         "BENCHMARKS.md measures what fewer cost.", min=1,

@@ -117,18 +117,22 @@ def _mlir_quantize():
         from tensorflow.lite.python.convert import mlir_quantize
     except ImportError:
         raise InternalMissing(_QUANTIZE, "does not exist") from None
-    missing = {"input_data_type", "output_data_type", "denylisted_ops"} - \
+    missing = {"input_data_type", "output_data_type", "denylisted_ops",
+               "denylisted_nodes"} - \
         set(inspect.signature(mlir_quantize).parameters)
     if missing:
         raise InternalMissing(_QUANTIZE, f"takes no {', '.join(sorted(missing))}")
     return mlir_quantize
 
 
-def quantize(calibrated: bytes, input_type, output_type, float_ops) -> bytes:
+def quantize(calibrated: bytes, input_type, output_type, float_ops,
+             float_nodes=None) -> bytes:
     """The int8 model from a calibrate-only model whose min/max slots hold our
-    ranges; `float_ops`: op names left in float (None: none)."""
+    ranges; `float_ops`: kinds of op left in float, `float_nodes`: single ops
+    left in float, by their first output tensor's name (None: none)."""
     return _mlir_quantize()(calibrated, input_data_type=input_type,
-                            output_data_type=output_type, denylisted_ops=float_ops)
+                            output_data_type=output_type, denylisted_ops=float_ops,
+                            denylisted_nodes=float_nodes)
 
 
 # --- Keras: which layer made a symbolic tensor ----------------------------------

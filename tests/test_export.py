@@ -14,7 +14,7 @@ from mnv3.export import modes
 from mnv3.tf_internals import interpreter_ops
 from mnv3.export.convert import convert
 from mnv3.export.evaluate import TFLiteModel
-from mnv3.export.graph import export_graph, scale_input
+from mnv3.export.graph import export_graph, float_layers, scale_input
 from mnv3.export.metadata import associated_files, read_metadata
 from mnv3.model import build_from_config
 from mnv3 import cli
@@ -23,6 +23,9 @@ from tests.conftest import (EXPORT, LEARN, SHARED_DATA, assert_one_line_error, c
 
 PICTURES = ["confusion.png", "curves.png", "misclassified.png"]
 INT8 = modes.get("int8")  # uint8 in, float32 probabilities out
+# The int8 ops that stay in float (export.int8_float_stem): the stem's conv and
+# x * relu6(x + 3), and the first depthwise conv.
+FLOAT_STEM = ["CONV_2D", "ADD", "MUL", "DEPTHWISE_CONV_2D"]
 def tflite_ops(path) -> collections.Counter:
     from mediapipe.tasks.metadata import schema_py_generated as schema
 
@@ -183,6 +186,54 @@ def test_int8_output_float_softmax_and_calibrated_logits():
         np.testing.assert_allclose(got(raw[0]), expected, atol=0.03 * spread)
 
 
+def _narrow_channel_model():
+    """stem_conv -> block0_depthwise: the stem's second channel spans 1/50 of the
+    first's range, and the depthwise conv scales it back up 50x (as a trained
+    MobileNetV3's first depthwise conv does to its narrow stem channels)."""
+    import keras
+    from keras import layers
+
+    image = keras.Input((8, 8, 3), batch_size=1)
+    stem = layers.Conv2D(2, 1, use_bias=False, name="stem_conv")
+    depthwise = layers.DepthwiseConv2D(1, use_bias=False, name="block0_depthwise")
+    model = keras.Model(image, layers.Flatten()(depthwise(stem(image))))
+    stem.set_weights([np.array([[[[20.0, 0.4], [-10.0, -0.2], [5.0, 0.1]]]])])
+    depthwise.set_weights([np.array([[[[1.0], [50.0]]]])])
+    return model
+
+
+def test_int8_keeps_the_named_layers_in_float_where_one_scale_fails(capsys):
+    model = _narrow_channel_model()
+    pixels = np.random.default_rng(4).uniform(0, 255, (32, 1, 8, 8, 3)).astype(np.float32)
+    samples = list(scale_input(pixels))
+    want = np.stack([model(x).numpy()[0].reshape(-1, 2) for x in samples])
+    assert float_layers(model) == ["stem_conv", "block0_depthwise"]
+
+    def narrow_channel_error(layers_in_float):
+        got = TFLiteModel(convert(model, INT8, samples, output_range=None,
+                                  float_layers=layers_in_float))
+        ops = [op["op_name"] for op in interpreter_ops(got.runner)]
+        errors = [np.abs(got(raw[0]).reshape(-1, 2) - w)[:, 1]
+                  for raw, w in zip(pixels, want)]
+        return ops, np.mean(errors) / np.ptp(want[..., 1])
+
+    ops, error = narrow_channel_error([])
+    assert "CONV_2D" in ops and error > 0.02  # a few int8 levels for the narrow channel
+    ops, error = narrow_channel_error(float_layers(model))
+    assert "CONV_2D" in ops and error < 0.005
+    # A layer name the converted model does not have is said, not ignored.
+    convert(model, INT8, samples, output_range=None, float_layers=["no_such_layer"])
+    assert "no op of the layers no_such_layer was found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variant", ["small", "large"])
+def test_the_float_layers_are_the_stem_and_the_first_depthwise_conv(variant):
+    model = build_from_config(tiny_cfg(f"model.variant={variant}"))
+    assert float_layers(model) == ["stem_conv", "stem_conv_bn", "stem_act",
+                                   "block0_depthwise", "block0_depthwise_bn",
+                                   "block0_depthwise_act"]
+
+
 def test_uint8_input_is_quantized_through_float_with_the_same_values():
     # XNNPACK does not take a uint8 -> int8 QUANTIZE (TFLite's slow kernel ran
     # it); uint8 -> float32 -> int8 it does, and must give the same int8 values.
@@ -251,14 +302,14 @@ def float_ops(path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_int8_runs_no_float_op_but_the_final_softmax(exported):
+def test_int8_runs_no_float_op_but_the_stem_and_the_final_softmax(exported):
     # The converter's builtin op set would let a float kernel slip in silently
     # (a float fallback passes every accuracy test, and runs slowly).
     model_dir, _ = exported
     path = glob.glob(os.path.join(model_dir, "export", "*_int8.tflite"))[0]
     # uint8 -> float -> int8 at the input (XNNPACK runs both; see rewrite.py),
     # and int8 logits -> float for the softmax at the end.
-    assert float_ops(path) == ["DEQUANTIZE", "QUANTIZE", "DEQUANTIZE", "SOFTMAX"]
+    assert float_ops(path) == ["DEQUANTIZE", *FLOAT_STEM, "QUANTIZE", "DEQUANTIZE", "SOFTMAX"]
     float32 = glob.glob(os.path.join(model_dir, "export", "*_float32.tflite"))[0]
     assert len(float_ops(float32)) == sum(tflite_ops(float32).values())  # it can fail
 

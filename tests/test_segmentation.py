@@ -396,15 +396,16 @@ def test_a_segmentation_run_resumes_and_keeps_its_best_miou(tmp_path):
 
 
 @pytest.mark.slow
-def test_int8_segmenter_is_integer_but_its_upsampling(segmenter):
-    """Only the input's uint8 -> float -> int8 pair and the bilinear upsampling
-    (float is faster there, BENCHMARKS.md) touch float; built-in ops only."""
-    from tests.test_export import float_ops, tflite_ops
+def test_int8_segmenter_is_integer_but_its_stem_and_upsampling(segmenter):
+    """Only the input's uint8 -> float step, the stem (export.int8_float_stem) and
+    the bilinear upsampling (float is faster there, BENCHMARKS.md) touch float;
+    built-in ops only."""
+    from tests.test_export import FLOAT_STEM, float_ops, tflite_ops
 
     model_dir, _ = segmenter
     path = glob.glob(os.path.join(model_dir, "export", "*_int8.tflite"))[0]
-    assert float_ops(path) == ["DEQUANTIZE", "QUANTIZE", "DEQUANTIZE", "RESIZE_BILINEAR",
-                               "QUANTIZE", "DEQUANTIZE", "RESIZE_BILINEAR"]
+    assert float_ops(path) == ["DEQUANTIZE", *FLOAT_STEM, "QUANTIZE", "DEQUANTIZE",
+                               "RESIZE_BILINEAR", "QUANTIZE", "DEQUANTIZE", "RESIZE_BILINEAR"]
     from mediapipe.tasks.metadata import schema_py_generated as schema
 
     builtin = {k for k in vars(schema.BuiltinOperator) if not k.startswith("_")}

@@ -10,6 +10,9 @@ Why not the converter's own calibration (both measured on the CIFAR-10 model):
    agreement with the float model from 90.1% to 96.0% (top-1 79.5% -> 80.8%,
    float 81.1%).
 
+The layers that builder.INT8_FLOAT_LAYERS names (the stem, the first depthwise
+conv) are left in float: int8_model passes their ops to the quantizer's denylist.
+
 The converter's quantizer itself is reused through the internal entry points
 its QuantizationDebugger uses (mnv3.tf_internals). Where a TensorFlow lacks
 them, the export falls back to the converter's public calibration, with a
@@ -19,6 +22,7 @@ warning that names what is missing.
 from __future__ import annotations
 
 import math
+import re
 from typing import Sequence
 
 import numpy as np
@@ -89,25 +93,29 @@ def int8_model(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarray]
                percentile: float, mode: Mode,
                output_range: tuple[float, float] | None = PROBABILITY_RANGE,
                warnings: list[str] | None = None,
-               float_ops: Sequence[str] = ("SOFTMAX",)) -> bytes:
+               float_ops: Sequence[str] = ("SOFTMAX",),
+               float_layers: Sequence[str] = ()) -> bytes:
     """Full-integer model from `converter` (a float conversion not yet run).
     `output_range`: the output's fixed range, or None to calibrate it (logits).
     `float_ops`: kinds of op left in float when the output is float anyway.
-    A fallback is noted in `warnings` (the caller may be capturing stderr)."""
+    `float_layers`: Keras layers whose ops stay in float.
+    A fallback or a missing layer is noted in `warnings` (the caller may be
+    capturing stderr)."""
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if warnings is None:
+        warnings = []
     try:
         return _with_our_ranges(converter, samples, percentile, mode, output_range,
-                                float_ops)
+                                float_ops, float_layers, warnings)
     except tf_internals.InternalMissing as e:
-        if warnings is not None:
-            warnings.append(f"{e}. The int8 model is calibrated by the converter instead "
-                            "(plain min/max ranges, no export.calibration_percentile): "
-                            "expect lower int8 accuracy")
+        warnings.append(f"{e}. The int8 model is calibrated by the converter instead "
+                        "(plain min/max ranges, no export.calibration_percentile, "
+                        "every layer in int8): expect lower int8 accuracy")
         return _with_converter_ranges(converter, samples, mode)
 
 
 def _with_our_ranges(converter, samples, percentile, mode, output_range,
-                     float_ops) -> bytes:
+                     float_ops, float_layers, warnings) -> bytes:
     # One sample is enough to lay out the min/max slots; ours overwrite them.
     converter.representative_dataset = lambda: iter([[samples[0]]])
     float_model, model = tf_internals.calibrate_only(converter)
@@ -138,9 +146,31 @@ def _with_our_ranges(converter, samples, percentile, mode, output_range,
     # A float output keeps the task's last ops in float (see each task's
     # float_ops: a classifier's softmax, a segmenter's upsampling).
     kept = list(float_ops) if mode.output_type == "float32" and float_ops else None
+    float_nodes = ops_of_layers(graph, float_layers)
+    if float_layers and not float_nodes:
+        warnings.append(f"no op of the layers {', '.join(float_layers)} was found in the "
+                        "converted model; they are quantized with the rest (expect "
+                        "lower int8 accuracy)")
     return tf_internals.quantize(tf_internals.write_tflite(model),
                                  IO_TYPES[mode.input_type], IO_TYPES[mode.output_type],
-                                 kept)
+                                 kept, float_nodes or None)
+
+
+def ops_of_layers(graph, layer_names: Sequence[str]) -> list[str]:
+    """The ops of `graph` (a subgraph of a converted model) that compute any of
+    the Keras layers `layer_names`, each named by its first output tensor (what
+    the quantizer's node denylist matches). The converter names a tensor after
+    every TensorFlow op fused into it: 'model/layer/op' parts joined by ';',
+    where a scope may carry a '_N' call-count suffix."""
+    wanted = set(layer_names)
+    found = []
+    for op in graph.operators:
+        name = graph.tensors[op.outputs[0]].name
+        name = name.decode() if isinstance(name, bytes) else name
+        scopes = [part.split("/")[1] for part in name.split(";") if part.count("/") >= 2]
+        if any(s in wanted or re.sub(r"_\d+$", "", s) in wanted for s in scopes):
+            found.append(name)
+    return found
 
 
 def _with_converter_ranges(converter, samples, mode: Mode) -> bytes:

@@ -39,12 +39,14 @@ def _saved_model(model: keras.Model, directory: str) -> None:
 def convert(model: keras.Model, mode: Mode, samples: Sequence[np.ndarray] = (),
             percentile: float = 100.0,
             output_range: tuple[float, float] | None = calibrate.PROBABILITY_RANGE,
-            float_ops: Sequence[str] = ("SOFTMAX",)) -> bytes:
+            float_ops: Sequence[str] = ("SOFTMAX",),
+            float_layers: Sequence[str] = ()) -> bytes:
     """The .tflite bytes of `model` in `mode`. An integer mode calibrates on
     `samples` (model inputs, batch 1), with activation ranges at `percentile`,
     the input's range fixed at mode.input_range and the output's at
     `output_range` (None: calibrated, for logits); with a float output, the
-    `float_ops` near it stay in float (calibrate.int8_model)."""
+    `float_ops` near it stay in float, and so do the Keras layers
+    `float_layers` (calibrate.int8_model)."""
     with tempfile.TemporaryDirectory() as tmp:
         _saved_model(model, tmp)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SIGNATURE])
@@ -60,7 +62,8 @@ def convert(model: keras.Model, mode: Mode, samples: Sequence[np.ndarray] = (),
             with captured_stderr() as log:
                 if mode.integer:
                     tflite = calibrate.int8_model(converter, samples, percentile, mode,
-                                                  output_range, warnings, float_ops)
+                                                  output_range, warnings, float_ops,
+                                                  float_layers)
                 else:
                     tflite = converter.convert()
         except UserError:

@@ -19,6 +19,7 @@ from keras import layers
 from mnv3.config import Config
 from mnv3.export.modes import Mode
 from mnv3 import tasks
+from mnv3.model.builder import INT8_FLOAT_LAYERS
 from mnv3.tf_internals import producer
 
 _LINEAR = (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)
@@ -99,6 +100,15 @@ def export_graph(trained: keras.Model, cfg: Config, mode: Mode) -> keras.Model:
             weights[0], weights[1] = (w * bn_factor[layer.name] for w in weights[:2])
         layer.set_weights(weights)
     return model
+
+
+def float_layers(model: keras.Model) -> list[str]:
+    """The layers of `model` that an int8 export keeps in float
+    (builder.INT8_FLOAT_LAYERS: a prefix names a layer and its parts, such as
+    `stem_conv` and `stem_conv_bn`)."""
+    return [layer.name for layer in model.layers
+            if any(layer.name == prefix or layer.name.startswith(prefix + "_")
+                   for prefix in INT8_FLOAT_LAYERS)]
 
 
 def scale_input(images):

@@ -186,7 +186,7 @@ def export_mode(target: Target, mode: Mode, data: EvalData, reference) -> dict:
     from mnv3.export.check import check_out_of_process
     from mnv3.export.convert import convert
     from mnv3.export.evaluate import TFLiteModel
-    from mnv3.export.graph import export_graph, scale_input
+    from mnv3.export.graph import export_graph, float_layers, scale_input
 
     cfg, task = target.cfg, target.task
     started = time.perf_counter()
@@ -194,7 +194,8 @@ def export_mode(target: Target, mode: Mode, data: EvalData, reference) -> dict:
     samples = [(scale_input(x) if mode.quantized_input else x)[None]
                for x in data.calibration] if mode.integer else []
     tflite = convert(graph, mode, samples, percentile=cfg.export.calibration_percentile,
-                     output_range=task.output_range(), float_ops=task.float_ops)
+                     output_range=task.output_range(), float_ops=task.float_ops,
+                     float_layers=float_layers(graph) if cfg.export.int8_float_stem else ())
     mean, std = mode.normalization
     tflite = task.metadata(tflite, name=target.name, description=target.description,
                            labels=target.labels, mean=mean, std=std)
