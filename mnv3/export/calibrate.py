@@ -95,7 +95,7 @@ def int8_model(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarray]
                warnings: list[str] | None = None,
                float_ops: Sequence[str] = ("SOFTMAX",),
                float_layers: Sequence[str] = ()) -> bytes:
-    """Full-integer model from `converter` (a float conversion not yet run).
+    """The int8 model from `converter` (a float conversion not yet run).
     `output_range`: the output's fixed range, or None to calibrate it (logits).
     `float_ops`: kinds of op left in float when the output is float anyway.
     `float_layers`: Keras layers whose ops stay in float.
