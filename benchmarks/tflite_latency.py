@@ -2,6 +2,10 @@
 MobileNetV3 exported the usual way, one run, same machine, same calibration.
 
     python benchmarks/tflite_latency.py --variant large --json
+    python benchmarks/tflite_latency.py --config configs/camvid.yaml --json
+
+With --config, the config's model (any task, its size) is timed alone: our
+float32, int8, and int8 with every layer quantized, on random pixels.
 
 Randomly initialised models at 224 px, 1000 classes (and ours in int8 with
 every layer quantized, export.int8_float_stem false: our_int8_all); ai-edge-litert with its
@@ -59,6 +63,34 @@ def _our_tflite(variant: str, size: int, calibration, int8: bool,
                    float_layers=float_layers(graph) if float_stem else ())
 
 
+def _config_models(path: str, overrides: list[str], calibration_images: int) -> dict:
+    """The float32, int8 and all-int8 files of a config's model, randomly
+    initialised, converted as the export converts them."""
+    import numpy as np
+
+    from mnv3 import config as config_lib
+    from mnv3 import tasks
+    from mnv3.export import modes
+    from mnv3.export.convert import convert
+    from mnv3.export.graph import export_graph, float_layers, scale_input
+
+    cfg = config_lib.load(path, overrides)
+    task = tasks.get(cfg)
+    trained = task.build(cfg)
+    pixels = np.random.default_rng(1).uniform(
+        0, 255, (calibration_images, 1, *task.input_size, 3)).astype(np.float32)
+    files = {"our_float": convert(export_graph(trained, cfg, modes.get("float32")),
+                                  modes.get("float32"))}
+    int8 = modes.get("int8", cfg.export.int8_input, cfg.export.int8_output)
+    graph = export_graph(trained, cfg, int8)
+    for name, layers in (("our_int8", float_layers(graph)), ("our_int8_all", ())):
+        files[name] = convert(graph, int8, list(scale_input(pixels)),
+                              percentile=cfg.export.calibration_percentile,
+                              output_range=task.output_range(), float_ops=task.float_ops,
+                              float_layers=layers)
+    return files
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", choices=["small", "large"], default="large")
@@ -66,6 +98,9 @@ def main(argv):
     parser.add_argument("--runs", type=int, default=200, help="timed runs per model, in all")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calibration_images", type=int, default=32)
+    parser.add_argument("--config", help="time this config's model alone (any task)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --config: a config override (repeatable)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -76,18 +111,26 @@ def main(argv):
     from mnv3.export.evaluate import TFLiteModel
 
     keras.utils.set_random_seed(0)
-    calibration = generate(args.calibration_images, args.image_size, seed=1)[0].astype(np.float32)
-    result = {"variant": args.variant, "image_size": args.image_size, "threads": 1,
-              "runs": args.runs, "rounds": args.rounds}
+    result = {"threads": 1, "runs": args.runs, "rounds": args.rounds}
     classifiers = {}
-    for who, make in (("our", _our_tflite), ("keras", _keras_applications_tflite)):
-        for mode in ("float", "int8"):
-            tflite = make(args.variant, args.image_size, calibration, mode == "int8")
-            classifiers[f"{who}_{mode}"] = TFLiteModel(tflite)
-            result[f"{who}_{mode}_mb"] = round(len(tflite) / 2**20, 2)
-    # What the float stem costs: our int8 with export.int8_float_stem false.
-    classifiers["our_int8_all"] = TFLiteModel(
-        _our_tflite(args.variant, args.image_size, calibration, True, float_stem=False))
+    if args.config:
+        result["config"] = args.config
+        for name, tflite in _config_models(args.config, args.set,
+                                           args.calibration_images).items():
+            classifiers[name] = TFLiteModel(tflite)
+            result[f"{name}_mb"] = round(len(tflite) / 2**20, 2)
+    else:
+        result.update(variant=args.variant, image_size=args.image_size)
+        calibration = generate(args.calibration_images, args.image_size,
+                               seed=1)[0].astype(np.float32)
+        for who, make in (("our", _our_tflite), ("keras", _keras_applications_tflite)):
+            for mode in ("float", "int8"):
+                tflite = make(args.variant, args.image_size, calibration, mode == "int8")
+                classifiers[f"{who}_{mode}"] = TFLiteModel(tflite)
+                result[f"{who}_{mode}_mb"] = round(len(tflite) / 2**20, 2)
+        # What the float stem costs: our int8 with export.int8_float_stem false.
+        classifiers["our_int8_all"] = TFLiteModel(
+            _our_tflite(args.variant, args.image_size, calibration, True, float_stem=False))
     # The four models take turns, round after round: this machine's speed drifts
     # by 10-20% over minutes, and turns keep that drift out of the ratios.
     medians = {name: [] for name in classifiers}
@@ -96,11 +139,12 @@ def main(argv):
             medians[name].append(classifier.latency_ms(args.runs // args.rounds))
     for name, values in medians.items():
         result[f"{name}_ms"] = round(statistics.median(values), 3)
-    result["our_int8_over_our_float"] = round(result["our_int8_ms"] / result["our_float_ms"], 3)
-    result["our_int8_over_keras_int8"] = round(result["our_int8_ms"] / result["keras_int8_ms"], 3)
-    result["our_float_over_keras_float"] = round(result["our_float_ms"] / result["keras_float_ms"], 3)
-    result["our_int8_over_our_int8_all"] = round(result["our_int8_ms"] / result["our_int8_all_ms"], 3)
-    result["keras_int8_over_keras_float"] = round(result["keras_int8_ms"] / result["keras_float_ms"], 3)
+    ratios = [("our_int8", "our_float"), ("our_int8", "keras_int8"),
+              ("our_float", "keras_float"), ("our_int8", "our_int8_all"),
+              ("our_int8_all", "our_float"), ("keras_int8", "keras_float")]
+    for top, bottom in ratios:
+        if f"{bottom}_ms" in result:
+            result[f"{top}_over_{bottom}"] = round(result[f"{top}_ms"] / result[f"{bottom}_ms"], 3)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 
