@@ -4,16 +4,17 @@ MobileNetV3 exported the usual way, one run, same machine, same calibration.
     python benchmarks/tflite_latency.py --variant large --json
     python benchmarks/tflite_latency.py --config configs/camvid.yaml --json
 
-With --config, the config's model (any task, its size) is timed alone: our
-float32, int8, and int8 with every layer quantized, on random pixels.
-
-Randomly initialised models at 224 px, 1000 classes (and ours in int8 with
-every layer quantized, export.int8_float_stem false: our_int8_all); ai-edge-litert with its
+Randomly initialised models at 224 px, 1000 classes: ours in float32, in int8
+(the stem in float, the export's default) and in int8 with every layer
+quantized (export.int8_float_stem false: our_int8_all); ai-edge-litert with its
 default XNNPACK delegate, 1 thread, batch 1; the models take turns for
 --rounds rounds of --runs / --rounds invokes each (after warm-up), and each
 figure is the median of its per-round medians. keras.applications goes
-SavedModel -> TFLiteConverter (full int8, uint8 input, float output, like ours),
+SavedModel -> TFLiteConverter (full int8, uint8 input, float output),
 calibrated on the same images.
+
+With --config, the config's model (any task, at its size) is timed alone, in
+the same three forms of ours, calibrated on random pixels.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def main(argv):
         # What the float stem costs: our int8 with export.int8_float_stem false.
         classifiers["our_int8_all"] = TFLiteModel(
             _our_tflite(args.variant, args.image_size, calibration, True, float_stem=False))
-    # The four models take turns, round after round: this machine's speed drifts
+    # The models take turns, round after round: this machine's speed drifts
     # by 10-20% over minutes, and turns keep that drift out of the ratios.
     medians = {name: [] for name in classifiers}
     for _ in range(args.rounds):

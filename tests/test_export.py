@@ -331,6 +331,22 @@ def test_xnnpack_takes_every_op_of_the_int8_export(exported):
 
 
 @pytest.mark.slow
+def test_latency_benchmark_times_a_configs_model_in_each_int8_form(tmp_path):
+    from benchmarks import tflite_latency
+
+    config = tmp_path / "tiny.yaml"
+    config_lib.save(tiny_cfg(), str(config))
+    result = call_cli(tflite_latency.main, "--config", str(config), "--runs", "4",
+                      "--rounds", "2", "--calibration_images", "4", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    timed = json.loads(result.stdout.strip().splitlines()[-1])
+    for name in ("our_float", "our_int8", "our_int8_all"):
+        assert timed[f"{name}_ms"] > 0, name
+    assert timed["our_int8_mb"] < 0.5 * timed["our_float_mb"]
+    assert timed["our_int8_over_our_int8_all"] > 0
+
+
+@pytest.mark.slow
 def test_signature_io_types_and_metadata(exported):
     model_dir, _ = exported
     labels = open(os.path.join(model_dir, "labels.txt")).read().split()
