@@ -45,47 +45,25 @@ def _keras_applications_tflite(variant: str, size: int, calibration, int8: bool)
         return converter.convert()
 
 
-def _our_tflite(variant: str, size: int, calibration, int8: bool,
-                float_stem: bool = True) -> bytes:
-    from mnv3 import config as config_lib
-    from mnv3.export import modes
-    from mnv3.export.convert import convert
-    from mnv3.export.graph import export_graph, float_layers, scale_input
-    from mnv3.model import build_from_config
-
-    cfg = config_lib.load(None, [f"model.variant={variant}", f"data.image_size={size}",
-                                 "data.num_classes=1000"])
-    mode = modes.get("int8" if int8 else "float32")
-    graph = export_graph(build_from_config(cfg), cfg, mode)
-    if not int8:
-        return convert(graph, mode)
-    return convert(graph, mode, [scale_input(x)[None] for x in calibration],
-                   percentile=cfg.export.calibration_percentile,
-                   float_layers=float_layers(graph) if float_stem else ())
-
-
-def _config_models(path: str, overrides: list[str], calibration_images: int) -> dict:
-    """The float32, int8 and all-int8 files of a config's model, randomly
-    initialised, converted as the export converts them."""
-    import numpy as np
-
-    from mnv3 import config as config_lib
+def _our_models(cfg, calibration) -> dict:
+    """Our float32, int8 and all-int8 files of `cfg`'s model, randomly
+    initialised, converted as the export converts them; `calibration`: N x H x W
+    x 3 pixels 0..255."""
     from mnv3 import tasks
     from mnv3.export import modes
     from mnv3.export.convert import convert
     from mnv3.export.graph import export_graph, float_layers, scale_input
 
-    cfg = config_lib.load(path, overrides)
     task = tasks.get(cfg)
     trained = task.build(cfg)
-    pixels = np.random.default_rng(1).uniform(
-        0, 255, (calibration_images, 1, *task.input_size, 3)).astype(np.float32)
     files = {"our_float": convert(export_graph(trained, cfg, modes.get("float32")),
                                   modes.get("float32"))}
     int8 = modes.get("int8", cfg.export.int8_input, cfg.export.int8_output)
     graph = export_graph(trained, cfg, int8)
+    samples = [scale_input(x)[None] for x in calibration]
+    # our_int8_all: export.int8_float_stem false, to show what the float stem costs.
     for name, layers in (("our_int8", float_layers(graph)), ("our_int8_all", ())):
-        files[name] = convert(graph, int8, list(scale_input(pixels)),
+        files[name] = convert(graph, int8, samples,
                               percentile=cfg.export.calibration_percentile,
                               output_range=task.output_range(), float_ops=task.float_ops,
                               float_layers=layers)
@@ -111,27 +89,33 @@ def main(argv):
     from mnv3.data.synthetic import generate
     from mnv3.export.evaluate import TFLiteModel
 
+    from mnv3 import config as config_lib
+    from mnv3 import tasks
+
     keras.utils.set_random_seed(0)
     result = {"threads": 1, "runs": args.runs, "rounds": args.rounds}
-    classifiers = {}
     if args.config:
         result["config"] = args.config
-        for name, tflite in _config_models(args.config, args.set,
-                                           args.calibration_images).items():
-            classifiers[name] = TFLiteModel(tflite)
-            result[f"{name}_mb"] = round(len(tflite) / 2**20, 2)
+        cfg = config_lib.load(args.config, args.set)
+        size = tasks.get(cfg).input_size
+        calibration = np.random.default_rng(1).uniform(
+            0, 255, (args.calibration_images, *size, 3)).astype(np.float32)
     else:
         result.update(variant=args.variant, image_size=args.image_size)
+        cfg = config_lib.load(None, [f"model.variant={args.variant}",
+                                     f"data.image_size={args.image_size}",
+                                     "data.num_classes=1000"])
         calibration = generate(args.calibration_images, args.image_size,
                                seed=1)[0].astype(np.float32)
-        for who, make in (("our", _our_tflite), ("keras", _keras_applications_tflite)):
-            for mode in ("float", "int8"):
-                tflite = make(args.variant, args.image_size, calibration, mode == "int8")
-                classifiers[f"{who}_{mode}"] = TFLiteModel(tflite)
-                result[f"{who}_{mode}_mb"] = round(len(tflite) / 2**20, 2)
-        # What the float stem costs: our int8 with export.int8_float_stem false.
-        classifiers["our_int8_all"] = TFLiteModel(
-            _our_tflite(args.variant, args.image_size, calibration, True, float_stem=False))
+    files = _our_models(cfg, calibration)
+    if not args.config:
+        for mode in ("float", "int8"):
+            files[f"keras_{mode}"] = _keras_applications_tflite(
+                args.variant, args.image_size, calibration, mode == "int8")
+    classifiers = {}
+    for name, tflite in files.items():
+        classifiers[name] = TFLiteModel(tflite)
+        result[f"{name}_mb"] = round(len(tflite) / 2**20, 2)
     # The models take turns, round after round: this machine's speed drifts
     # by 10-20% over minutes, and turns keep that drift out of the ratios.
     medians = {name: [] for name in classifiers}
