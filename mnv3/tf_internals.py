@@ -13,7 +13,9 @@ back to that with a warning; the others stop with the error.
 from __future__ import annotations
 
 import inspect
+import re
 import sys
+from typing import Sequence
 
 from mnv3.errors import UserError
 
@@ -133,6 +135,24 @@ def quantize(calibrated: bytes, input_type, output_type, float_ops,
     return _mlir_quantize()(calibrated, input_data_type=input_type,
                             output_data_type=output_type, denylisted_ops=float_ops,
                             denylisted_nodes=float_nodes)
+
+
+def ops_of_layers(graph, layer_names: Sequence[str]) -> list[str]:
+    """The ops of `graph` (a subgraph of a converted model) that compute any of
+    the Keras layers `layer_names`, each named by its first output tensor (what
+    quantize's float_nodes match). It reads the converter's unpublished naming:
+    a tensor is named after every TensorFlow op fused into it, 'model/layer/op'
+    parts joined by ';', where a scope may carry a '_N' call-count suffix. If
+    that changes, nothing is found, and the caller says so."""
+    wanted = set(layer_names)
+    found = []
+    for op in graph.operators:
+        name = graph.tensors[op.outputs[0]].name
+        name = name.decode() if isinstance(name, bytes) else name
+        scopes = [part.split("/")[1] for part in name.split(";") if part.count("/") >= 2]
+        if any(s in wanted or re.sub(r"_\d+$", "", s) in wanted for s in scopes):
+            found.append(name)
+    return found
 
 
 # --- Keras: which layer made a symbolic tensor ----------------------------------

@@ -22,7 +22,6 @@ warning that names what is missing.
 from __future__ import annotations
 
 import math
-import re
 from typing import Sequence
 
 import numpy as np
@@ -146,7 +145,7 @@ def _with_our_ranges(converter, samples, percentile, mode, output_range,
     # A float output keeps the task's last ops in float (see each task's
     # float_ops: a classifier's softmax, a segmenter's upsampling).
     kept = list(float_ops) if mode.output_type == "float32" and float_ops else None
-    float_nodes = ops_of_layers(graph, float_layers)
+    float_nodes = tf_internals.ops_of_layers(graph, float_layers)
     if float_layers and not float_nodes:
         warnings.append(f"no op of the layers {', '.join(float_layers)} was found in the "
                         "converted model; they are quantized with the rest (expect "
@@ -154,23 +153,6 @@ def _with_our_ranges(converter, samples, percentile, mode, output_range,
     return tf_internals.quantize(tf_internals.write_tflite(model),
                                  IO_TYPES[mode.input_type], IO_TYPES[mode.output_type],
                                  kept, float_nodes or None)
-
-
-def ops_of_layers(graph, layer_names: Sequence[str]) -> list[str]:
-    """The ops of `graph` (a subgraph of a converted model) that compute any of
-    the Keras layers `layer_names`, each named by its first output tensor (what
-    the quantizer's node denylist matches). The converter names a tensor after
-    every TensorFlow op fused into it: 'model/layer/op' parts joined by ';',
-    where a scope may carry a '_N' call-count suffix."""
-    wanted = set(layer_names)
-    found = []
-    for op in graph.operators:
-        name = graph.tensors[op.outputs[0]].name
-        name = name.decode() if isinstance(name, bytes) else name
-        scopes = [part.split("/")[1] for part in name.split(";") if part.count("/") >= 2]
-        if any(s in wanted or re.sub(r"_\d+$", "", s) in wanted for s in scopes):
-            found.append(name)
-    return found
 
 
 def _with_converter_ranges(converter, samples, mode: Mode) -> bytes:
