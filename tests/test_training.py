@@ -317,7 +317,6 @@ def test_two_workers_train_one_model_on_loopback(tmp_path):
 
 @pytest.mark.slow
 def test_several_steps_per_call_keep_logs_checkpoints_and_the_non_finite_stop(tmp_path, capsys):
-
     # 8 steps an epoch in calls of 3: the calls are cut at step 4 (checkpoint)
     # and 5 (log line), so both fall where they would one step at a time.
     cfg = tiny_cfg("data.synthetic_images=320", "train.epochs=1", "train.steps_per_execution=3",
