@@ -19,11 +19,11 @@ the same three forms of ours, calibrated on random pixels.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
 import tempfile
+
+from mnv3 import cli
 
 
 def _keras_applications_tflite(variant: str, size: int, calibration, int8: bool) -> bytes:
@@ -70,8 +70,8 @@ def _our_models(cfg, calibration) -> dict:
     return files
 
 
-def main(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv) -> int:
+    parser = cli.parser(__doc__)
     parser.add_argument("--variant", choices=["small", "large"], default="large")
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--runs", type=int, default=200, help="timed runs per model, in all")
@@ -81,16 +81,17 @@ def main(argv):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="with --config: a config override (repeatable)")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    # A bad --config or --set is one line and exit status 2, as in the CLIs.
+    return cli.run_command(lambda: _measure(parser.parse_args(argv)))
 
+
+def _measure(args) -> None:
     import keras
     import numpy as np
 
     from mnv3.data.synthetic import generate
+    from mnv3 import config as config_lib, tasks
     from mnv3.export.evaluate import TFLiteModel
-
-    from mnv3 import config as config_lib
-    from mnv3 import tasks
 
     keras.utils.set_random_seed(0)
     result = {"threads": 1, "runs": args.runs, "rounds": args.rounds}
@@ -134,4 +135,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli.main(main)

@@ -15,12 +15,12 @@ without its data pipeline or evaluation.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import tempfile
 import time
+
+from mnv3 import cli
 
 
 def _batches(image_size: int, batch_size: int, classes: int):
@@ -91,8 +91,8 @@ def time_config(cfg, steps, warmup) -> float:
         return calls * cfg.train.steps_per_execution * batch_size / seconds
 
 
-def main(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv) -> int:
+    parser = cli.parser(__doc__)
     parser.add_argument("--variant", choices=["small", "large"], default="small")
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--batch_size", type=int, default=32)
@@ -103,7 +103,11 @@ def main(argv):
     parser.add_argument("--config", help="time only our step, for this config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of --config (repeatable)")
-    args = parser.parse_args(argv)
+    # A bad --config or --set is one line and exit status 2, as in the CLIs.
+    return cli.run_command(lambda: _measure(parser.parse_args(argv)))
+
+
+def _measure(args) -> None:
     if args.config:
         from mnv3 import config as config_lib
 
@@ -130,4 +134,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli.main(main)

@@ -346,6 +346,17 @@ def test_latency_benchmark_times_a_configs_model_in_each_int8_form(tmp_path):
     assert timed["our_int8_over_our_int8_all"] > 0
 
 
+@pytest.mark.parametrize("script", ["tflite_latency", "train_throughput"])
+def test_benchmarks_refuse_a_bad_config_in_one_line(tmp_path, script):
+    import importlib
+
+    main = importlib.import_module(f"benchmarks.{script}").main
+    result = call_cli(main, "--config", str(tmp_path / "missing.yaml"))
+    assert_one_line_error(result, "missing.yaml", "not found")
+    result = call_cli(main, "--config", "configs/quickstart.yaml", "--set", "train.no_such_key=1")
+    assert_one_line_error(result, "no_such_key")
+
+
 @pytest.mark.slow
 def test_signature_io_types_and_metadata(exported):
     model_dir, _ = exported
