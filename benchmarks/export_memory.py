@@ -40,7 +40,7 @@ def make_images(folder: str, count: int, size: int = 224) -> None:
 
 def make_run(model_dir: str, folder: str) -> None:
     from mnv3 import config as config_lib
-    from mnv3.model import build_from_config
+    from mnv3 import tasks
     from mnv3.model.layers import with_keras_batch_norm
     from mnv3.run_dir import RunDir
     from mnv3.data.synthetic import CLASS_NAMES
@@ -54,7 +54,7 @@ def make_run(model_dir: str, folder: str) -> None:
     run_dir.ensure_writable()
     run_dir.save_config(cfg)
     run_dir.save_labels(list(CLASS_NAMES))
-    with_keras_batch_norm(build_from_config(cfg)).save(run_dir.best_model)
+    with_keras_batch_norm(tasks.get(cfg).build(cfg)).save(run_dir.best_model)
 
 
 def peak_rss_mb(model_dir: str) -> tuple[float, float]:

@@ -17,9 +17,10 @@ from mnv3 import cli
 
 
 def measure(cfg, batches: int, warmup: int) -> dict:
+    from mnv3 import tasks
     from mnv3.data import make_pipeline
 
-    pipeline = make_pipeline(cfg)
+    pipeline = make_pipeline(cfg, tasks.get(cfg))
     iterator = iter(pipeline.train(epoch=0).repeat())
     for _ in range(warmup):
         next(iterator)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
+from functools import partial
 
 from mnv3 import cli
 
@@ -50,22 +51,24 @@ def _our_models(cfg, calibration) -> dict:
     initialised, converted as the export converts them; `calibration`: N x H x W
     x 3 pixels 0..255."""
     from mnv3 import tasks
-    from mnv3.export import modes
-    from mnv3.export.convert import convert
-    from mnv3.export.graph import export_graph, float_layers, scale_input
+    from mnv3.tflite import modes
+    from mnv3.tflite.convert import convert
+    from mnv3.tflite.graph import export_graph, float_layers, scale_input
 
     task = tasks.get(cfg)
     trained = task.build(cfg)
-    files = {"our_float": convert(export_graph(trained, cfg, modes.get("float32")),
+    build = partial(task.build, cfg)
+    files = {"our_float": convert(export_graph(trained, build, modes.get("float32")),
                                   modes.get("float32"))}
     int8 = modes.get("int8", cfg.export.int8_input, cfg.export.int8_output)
-    graph = export_graph(trained, cfg, int8)
+    graph = export_graph(trained, build, int8)
     samples = [scale_input(x)[None] for x in calibration]
     # our_int8_all: export.int8_float_stem false, to show what the float stem costs.
     for name, layers in (("our_int8", float_layers(graph)), ("our_int8_all", ())):
         files[name] = convert(graph, int8, samples,
                               percentile=cfg.export.calibration_percentile,
-                              output_range=task.output_range(), float_ops=task.float_ops,
+                              output_range=task.export.output_range(),
+                              float_ops=task.export.float_ops,
                               float_layers=layers)
     return files
 
@@ -91,7 +94,7 @@ def _measure(args) -> None:
 
     from mnv3.data.synthetic import generate
     from mnv3 import config as config_lib, tasks
-    from mnv3.export.evaluate import TFLiteModel
+    from mnv3.tflite.evaluate import TFLiteModel
 
     keras.utils.set_random_seed(0)
     result = {"threads": 1, "runs": args.runs, "rounds": args.rounds}

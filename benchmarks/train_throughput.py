@@ -81,11 +81,11 @@ def time_config(cfg, steps, warmup) -> float:
         iterator = iter(trainer.distribute(data))
         per_call = tf.constant(cfg.train.steps_per_execution)
         for _ in range(warmup):
-            trainer.train_steps(iterator, per_call)[1].numpy()
+            trainer.train_batches(iterator, per_call)[1].numpy()
         start = time.perf_counter()
         calls = max(steps // cfg.train.steps_per_execution, 1)
         for _ in range(calls):
-            taken = trainer.train_steps(iterator, per_call)[1]
+            taken = trainer.train_batches(iterator, per_call)[1]
         taken.numpy()
         seconds = time.perf_counter() - start
         return calls * cfg.train.steps_per_execution * batch_size / seconds

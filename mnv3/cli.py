@@ -1,5 +1,5 @@
 """The command-line entry points (`mnv3-train`, `mnv3-export`, `mnv3-predict`,
-and the scripts train.py / export_tflite.py / predict.py that call the same
+`mnv3-tfrecord`, and the scripts train.py / export_tflite.py / predict.py that call the same
 functions), and their shared plumbing: every way a user can get the input
 wrong ends in one `error: ...` line on stderr and exit status 2.
 
@@ -176,3 +176,25 @@ def _print_predictions(model, args) -> None:
         else:
             print(f"{path}: " + ", ".join(f"{label} {score:.3f}"
                                           for _, label, score in result.top), flush=True)
+
+
+def tfrecord(argv: Sequence[str] | None = None) -> int:
+    """Write ImageNet-layout TFRecord shards from a class-per-folder image directory.
+
+    mnv3-tfrecord --src DIR --out DIR [--shards 16] [--prefix train]
+    """
+    p = parser(tfrecord.__doc__)
+    p.add_argument("--src", required=True, help="directory with one sub-folder per class")
+    p.add_argument("--out", required=True, help="output directory for the shards")
+    p.add_argument("--shards", type=int, default=16)
+    p.add_argument("--prefix", default="train", help="shard name prefix "
+                   "(train or validation)")
+    p.add_argument("--strict", action="store_true", help="fail on unreadable images")
+
+    def body(args):
+        from mnv3.data.tfrecord import write_shards
+
+        count = write_shards(args.src, args.out, args.shards, args.prefix, args.strict)
+        print(f"wrote {count} images to {args.out}/{args.prefix}-*")
+    return _command(p, argv, body)
+

@@ -6,7 +6,7 @@ enum values and out-of-range numbers raise ConfigError with one line naming the
 file and the dotted key. `--set KEY=VALUE` overrides go through the same checks.
 
 The schema is data: each field carries its help text and limits in `metadata`,
-which also renders the README's config reference (`python -m mnv3.config`).
+which also renders docs/config.md (`python -m mnv3.config`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from typing import Literal, Optional
 import yaml
 
 from mnv3.errors import UserError
+from mnv3.files import write_atomically
+from mnv3.published import check_published
 
 
 _YAML11_FLOAT_MISSED = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -32,8 +34,15 @@ class ConfigError(UserError):
     """A config file or override that cannot be used as given."""
 
 
-def _field(default, help: str, *, min=None, max=None, min_exclusive=False):
-    meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive}
+def _field(default, help: str, *, min=None, max=None, min_exclusive=False,
+           only_for: str | None = None, checkpoint: bool | str = False):
+    """A config key: its default, help text and limits, and two marks.
+    `only_for`: the one task.name it means something for; set away from its
+    default under another task, it is refused. `checkpoint`: a run's checkpoints
+    depend on it, so a run directory refuses a config that changes it (`"is
+    set"`: only whether it is null or not)."""
+    meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive,
+            "only_for": only_for, "checkpoint": checkpoint}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -43,36 +52,41 @@ def _field(default, help: str, *, min=None, max=None, min_exclusive=False):
 class TaskConfig:
     name: Literal["classification", "segmentation"] = _field(
         "classification", "What the network predicts: a class per image, or a class "
-        "per pixel (the paper's LR-ASPP head; data needs masks).")
+        "per pixel (the paper's LR-ASPP head; data needs masks).", checkpoint=True)
     output_stride: Literal[8, 16, 32] = _field(
         16, "`segmentation`: the backbone's total stride; the stages past it run "
-        "dilated for denser features (paper: 16; 8 costs more, 32 is undilated).")
+        "dilated for denser features (paper: 16; 8 costs more, 32 is undilated).",
+        checkpoint=True)
     reduced_tail: bool = _field(
         True, "`segmentation`: halve the channels of the last stage, as the paper's "
         "segmentation models do (cheaper, no loss of accuracy there). These layers "
-        "then start afresh under model.init_from.")
+        "then start afresh under model.init_from.", checkpoint=True)
     head_channels: int = _field(
         128, "`segmentation`: width of the LR-ASPP head's 1x1 branch (paper: 128).",
-        min=8, max=4096)
+        min=8, max=4096, checkpoint=True)
 
 
 @dataclass
 class ModelConfig:
     variant: Literal["large", "small"] = _field(
-        "small", "MobileNetV3 size: `large` or `small` (paper tables 1 and 2).")
+        "small", "MobileNetV3 size: `large` or `small` (paper tables 1 and 2).",
+        checkpoint=True)
     alpha: float = _field(
         1.0, "Width multiplier; channels are rounded to multiples of 8.",
-        min=0.0, max=4.0, min_exclusive=True)
+        min=0.0, max=4.0, min_exclusive=True, checkpoint=True)
     minimalistic: bool = _field(
-        False, "3x3 kernels, ReLU everywhere, no squeeze-excite (faster on some hardware).")
+        False, "3x3 kernels, ReLU everywhere, no squeeze-excite (faster on some hardware).",
+        checkpoint=True)
     se_ratio: float = _field(
-        0.25, "Squeeze-excite bottleneck ratio.", min=0.0, max=1.0, min_exclusive=True)
-    dropout: float = _field(0.2, "Dropout before the classifier.", min=0.0, max=0.9)
+        0.25, "Squeeze-excite bottleneck ratio.", min=0.0, max=1.0, min_exclusive=True,
+        checkpoint=True)
+    dropout: float = _field(0.2, "Dropout before the classifier.", min=0.0, max=0.9,
+        checkpoint=True)
     bn_momentum: float = _field(
         0.99, "BatchNorm moving-average momentum (paper: 0.99; 0.999 needs long runs).",
-        min=0.0, max=1.0, min_exclusive=True)
+        min=0.0, max=1.0, min_exclusive=True, checkpoint=True)
     bn_epsilon: float = _field(
-        1e-3, "BatchNorm epsilon.", min=0.0, max=1.0, min_exclusive=True)
+        1e-3, "BatchNorm epsilon.", min=0.0, max=1.0, min_exclusive=True, checkpoint=True)
     init_from: Optional[str] = _field(
         None, "Starting weights: `imagenet` (keras.applications' published file for "
         "this variant, alpha and minimalistic setting), a weights file (`.h5`, "
@@ -81,16 +95,18 @@ class ModelConfig:
         "checkpoint. null: random initialisation.")
     remove_early_strides: int = _field(
         0, "Leading stride-2 layers run at stride 1, for small images "
-        "(2 for 32 px CIFAR: a 4x4 final map instead of 1x1).", min=0, max=2)
+        "(2 for 32 px CIFAR: a 4x4 final map instead of 1x1).", min=0, max=2, checkpoint=True)
     include_top: bool = _field(
-        True, "Classifier head on top; false gives a backbone.")
+        True, "Classifier head on top; false gives a backbone.", checkpoint=True)
     pooling: Literal["avg", "max", "none"] = _field(
-        "avg", "Global pooling of the backbone output when `include_top` is false.")
+        "avg", "Global pooling of the backbone output when `include_top` is false.",
+        checkpoint=True)
     feature_outputs: bool = _field(
         False, "Backbone returns feature maps at strides 8, 16 and 32 "
-        "(for detection / segmentation heads); needs `include_top: false`.")
+        "(for detection / segmentation heads); needs `include_top: false`.",
+        only_for="classification", checkpoint=True)
     classifier_activation: Literal["softmax", "linear"] = _field(
-        "softmax", "Activation of the classifier output.")
+        "softmax", "Activation of the classifier output.", checkpoint=True)
 
 
 @dataclass
@@ -106,14 +122,16 @@ class DataConfig:
         None, "Evaluation data in the same form; when unset, `val_fraction` of train "
         "is held out.")
     image_size: int = _field(224, "Square input resolution in pixels (the height "
-                             "when `image_width` is set).", min=32, max=1024)
+                             "when `image_width` is set).", min=32, max=1024, checkpoint=True)
     train_image_sizes: Optional[list[int]] = _field(
         None, "Classification: training resolutions in equal stages of the epochs, "
         "e.g. [96, 112, 128] (progressive resizing: early epochs are cheaper); "
-        "evaluation and export stay at `image_size`. null: `image_size` throughout.")
+        "evaluation and export stay at `image_size`. null: `image_size` throughout.",
+        only_for="classification")
     image_width: Optional[int] = _field(
         None, "`segmentation`: input width, for frames that are not square (CamVid: "
-        "image_size 360, image_width 480); null: square.", min=32, max=2048)
+        "image_size 360, image_width 480); null: square.", min=32, max=2048,
+        only_for="segmentation", checkpoint=True)
     ignore_index: int = _field(
         255, "`segmentation`: mask value for pixels that count in no loss or metric "
         "(CamVid: 11, void).", min=0, max=255)
@@ -126,7 +144,7 @@ class DataConfig:
         "a text file with one class per line. Folders may hold any subset; for "
         "TFRecords and TFDS it only names the labels. null: the data's own classes.")
     num_classes: int = _field(10, "Number of classes; must match the data.", min=2,
-                              max=100_000)
+                              max=100_000, checkpoint=True)
     val_fraction: float = _field(
         0.1, "Share of train held out (stratified, fixed) when there is no eval data.",
         min=0.0, max=0.5, min_exclusive=True)
@@ -164,11 +182,13 @@ class DataConfig:
         min=0.0, max=1.0, min_exclusive=True)
     randaugment_ops: int = _field(
         0, "RandAugment operations per image (0: off; paper-style recipes use 2).",
-        min=0, max=10)
+        min=0, max=10, only_for="classification")
     randaugment_magnitude: float = _field(
         0.5, "RandAugment strength, 0..1.", min=0.0, max=1.0)
-    mixup_alpha: float = _field(0.0, "MixUp Beta(alpha, alpha); 0: off.", min=0.0, max=10.0)
-    cutmix_alpha: float = _field(0.0, "CutMix Beta(alpha, alpha); 0: off.", min=0.0, max=10.0)
+    mixup_alpha: float = _field(0.0, "MixUp Beta(alpha, alpha); 0: off.", min=0.0, max=10.0,
+        only_for="classification")
+    cutmix_alpha: float = _field(0.0, "CutMix Beta(alpha, alpha); 0: off.", min=0.0, max=10.0,
+        only_for="classification")
     cache: bool = _field(
         False, "Cache decoded source images in memory (small datasets).")
     shuffle_buffer: int = _field(10000, "Shuffle buffer size (images).", min=1,
@@ -187,9 +207,10 @@ class TrainConfig:
         "weights become the run's model as they are (to export a published model).",
         min=0, max=100_000)
     batch_size: int = _field(64, "Global batch size (all replicas together).", min=1,
-                             max=1_000_000)
+                             max=1_000_000, checkpoint=True)
     optimizer: Literal["rmsprop", "sgd", "adamw"] = _field(
-        "adamw", "`rmsprop` as in the paper, `sgd` with momentum, or `adamw`.")
+        "adamw", "`rmsprop` as in the paper, `sgd` with momentum, or `adamw`.",
+        checkpoint=True)
     learning_rate: float = _field(
         0.002, "Peak learning rate at `base_batch_size`; scaled linearly with "
         "`batch_size`.", min=0.0, max=10.0, min_exclusive=True)
@@ -218,12 +239,13 @@ class TrainConfig:
     decay_depthwise: bool = _field(
         True, "Weight decay on depthwise kernels too. The paper's TensorFlow code "
         "leaves them out (false), as MobileNetV1 advises: they have few parameters.")
-    label_smoothing: float = _field(0.0, "Label smoothing.", min=0.0, max=0.5)
+    label_smoothing: float = _field(0.0, "Label smoothing.", min=0.0, max=0.5,
+        only_for="classification")
     freeze_backbone_epochs: int = _field(
         0, "Fine-tuning: for this many epochs at the start only the classifier head "
         "trains (the backbone is frozen, its BatchNorm in inference mode); then every "
         "layer trains, with a warm-up and decay of its own. Needs `model.init_from`.",
-        min=0, max=100_000)
+        min=0, max=100_000, only_for="classification")
     backbone_lr_scale: float = _field(
         1.0, "Fine-tuning: the backbone's learning rate (and adamw's weight decay) as "
         "a fraction of the head's, so pretrained features change slowly. Needs "
@@ -234,7 +256,7 @@ class TrainConfig:
     ema_decay: Optional[float] = _field(
         None, "Exponential moving average of the weights and BatchNorm statistics "
         "(paper 0.9999); evaluation and best.keras use the averages. null: off.",
-        min=0.0, max=1.0, min_exclusive=True)
+        min=0.0, max=1.0, min_exclusive=True, checkpoint="is set")
     eval_every_epochs: int = _field(
         1, "Evaluate, and keep best.keras, every N epochs and after the last one. "
         "Short epochs spend a real share of their time on evaluation; a larger N "
@@ -418,21 +440,31 @@ def _apply(section_obj, values: dict, where: str):
         setattr(section_obj, key, value)
 
 
-# Keys that mean something for one task only: set for another, they are refused.
-CLASSIFICATION_ONLY = {"data.randaugment_ops": 0, "data.mixup_alpha": 0.0,
-                       "data.cutmix_alpha": 0.0, "train.freeze_backbone_epochs": 0,
-                       "train.label_smoothing": 0.0, "model.feature_outputs": False,
-                       "data.train_image_sizes": None}
-SEGMENTATION_ONLY = {"data.image_width": None}
+def _fields_marked(cfg: Config, mark: str):
+    """(dotted key, value, the mark, default) for every key whose field carries `mark`."""
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for f in dataclasses.fields(values):
+            if f.metadata.get(mark):
+                default = f.default_factory() if f.default_factory is not \
+                    dataclasses.MISSING else f.default
+                yield (f"{section.name}.{f.name}", getattr(values, f.name),
+                       f.metadata[mark], default)
+
+
+def checkpoint_identity(cfg: Config) -> dict:
+    """What a run's checkpoints depend on (the keys marked `checkpoint`):
+    {dotted key: value}; a key marked "is set" gives whether it is set."""
+    return {(f"{key} is set" if mark == "is set" else key):
+            (value is not None if mark == "is set" else value)
+            for key, value, mark, _ in _fields_marked(cfg, "checkpoint")}
 
 
 def _check_task(cfg: Config):
-    segmentation = cfg.task.name == "segmentation"
-    other = CLASSIFICATION_ONLY if segmentation else SEGMENTATION_ONLY
-    for key, neutral in other.items():
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) != neutral:
+    for key, value, task, default in _fields_marked(cfg, "only_for"):
+        if task != cfg.task.name and value != default:
             raise ConfigError(f"{key}: not for task.name: {cfg.task.name}")
+    segmentation = cfg.task.name == "segmentation"
     if not segmentation:
         return
     if cfg.data.source not in ("synthetic", "folder"):
@@ -490,7 +522,6 @@ def _check_consistency(cfg: Config):
         raise ConfigError("train.freeze_backbone_epochs: needs model.include_top (the "
                           "head is what trains while the backbone is frozen)")
     if cfg.model.init_from == "imagenet":
-        from mnv3.published import check_published
         try:
             check_published(cfg.model)
         except UserError as e:
@@ -598,14 +629,12 @@ def to_dict(cfg: Config) -> dict:
 
 def save(cfg: Config, path: str) -> None:
     """Writes the fully resolved config atomically, so a run can be repeated exactly."""
-    from mnv3.files import write_atomically
-
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_atomically(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def reference_markdown() -> str:
-    """The config reference table for the README, generated from the schema."""
+    """The config reference table of docs/config.md, generated from the schema."""
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     for section in dataclasses.fields(Config):
         cls = section.default_factory

@@ -1,13 +1,17 @@
-"""Atomic file writes: a crash or kill mid-write never leaves a half-written file,
-and the file a user had stays intact until the new one is complete."""
+"""File primitives: atomic writes (a crash or kill mid-write never leaves a
+half-written file, and the file a user had stays intact until the new one is
+complete) and the lock that gives one process at a time a directory."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
+
+from mnv3.errors import UserError
 
 
 def _umask() -> int:
@@ -97,3 +101,36 @@ def recover_directory(target: str) -> None:
             shutil.rmtree(old)
         else:
             os.rename(old, target)
+
+
+class Lock:
+    """An exclusive OS lock on a file (fcntl.flock): it dies with its process, so
+    a kill -9 never leaves a stale lock behind. The file holds the holder's PID."""
+
+    def __init__(self, path: str, what: str):
+        self.path, self.what, self._fd = path, what, None
+
+    def __enter__(self):
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            try:
+                with open(self.path, encoding="utf-8") as f:
+                    holder = f.read().strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            raise UserError(f"{os.path.dirname(self.path)}: in use by another "
+                            f"{self.what} (pid {holder}); wait for it to finish, or use "
+                            "another --model_dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self._fd)  # closing releases the lock; the file may stay
+        self._fd = None

@@ -10,6 +10,8 @@ import re
 import sys
 import tempfile
 
+from mnv3.errors import UserError
+
 # MLIR diagnostics: "loc(...): error: ..." or a bare "error: ..." line.
 _ERROR_LINE = re.compile(r"(^|: )error: ")
 
@@ -56,8 +58,6 @@ def libraries_quiet():
     lines) still reaches the terminal. The file's text is printed if the command
     fails with anything but a UserError, so a real library error is never lost;
     a step that fails with a UserError prints its own capture (see convert.py)."""
-    from mnv3.errors import UserError
-
     sys.stderr.flush()
     saved = os.dup(2)
     ours = sys.stderr is sys.__stderr__  # in tests, sys.stderr is their own buffer

@@ -16,6 +16,8 @@ import os
 import numpy as np
 
 from mnv3.errors import UserError
+from mnv3.model.saved import load_keras_file
+from mnv3.tflite.metadata import associated_files, read_metadata
 
 
 def read_rgb(path: str) -> np.ndarray:
@@ -66,8 +68,6 @@ SEGMENTER_REFUSED = ("{}: a segmentation model; predict.py prints the classes of
 
 
 def _is_segmenter_tflite(data: bytes) -> bool:
-    from mnv3.export.metadata import read_metadata
-
     try:
         graph = read_metadata(data).subgraphMetadata[0]
     except Exception:  # no metadata, or not a model: MediaPipe's load says which
@@ -99,8 +99,6 @@ class Model:
         from mediapipe.tasks import python as mp_tasks
         from mediapipe.tasks.python import vision
 
-        from mnv3.export.metadata import associated_files
-
         with open(path, "rb") as f:
             data = f.read()
         if _is_segmenter_tflite(data):
@@ -117,8 +115,6 @@ class Model:
                             f"({str(e).strip().splitlines()[0][:200]})") from None
 
     def _load_keras(self, path: str) -> None:
-        from mnv3.model.saved import load_keras_file
-
         model = load_keras_file(path, f"{path}: damaged or not a Keras model file")
         if len(model.output.shape) != 2:
             raise UserError(SEGMENTER_REFUSED.format(path))

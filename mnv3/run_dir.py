@@ -5,9 +5,6 @@ runs without the training stack."""
 
 from __future__ import annotations
 
-import dataclasses
-import errno
-import fcntl
 import glob
 import json
 import os
@@ -15,66 +12,9 @@ import tempfile
 
 from mnv3 import config as config_lib
 from mnv3.config import Config
+from mnv3.data.classes import check_class_name
 from mnv3.errors import UserError
-from mnv3.files import write_atomically
-
-# Characters that end a line for str.splitlines(): a class name holding one would
-# become two lines of labels.txt and shift every later label.
-LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
-
-
-def check_class_name(name: str, where: str) -> None:
-    """Refuses a class name that would not survive labels.txt and the TFLite
-    metadata (one UTF-8 line per class) exactly as it is."""
-    problem = None
-    if not name.strip():
-        problem = "is empty or only spaces"
-    elif any(c in LINE_BREAKS for c in name):
-        problem = "contains a line break"
-    elif name != name.strip():
-        problem = "starts or ends with a space"
-    else:
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            problem = "is not valid UTF-8"
-    if problem:
-        raise UserError(f"{where}: class name {name!r} {problem}; rename it (class names "
-                        "go one per line into labels.txt and the model's metadata)")
-
-
-class Lock:
-    """An exclusive OS lock on a file (fcntl.flock): it dies with its process, so
-    a kill -9 never leaves a stale lock behind. The file holds the holder's PID."""
-
-    def __init__(self, path: str, what: str):
-        self.path, self.what, self._fd = path, what, None
-
-    def __enter__(self):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            try:
-                with open(self.path, encoding="utf-8") as f:
-                    holder = f.read().strip() or "unknown"
-            except OSError:
-                holder = "unknown"
-            raise UserError(f"{os.path.dirname(self.path)}: in use by another "
-                            f"{self.what} (pid {holder}); wait for it to finish, or use "
-                            "another --model_dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self._fd)  # closing releases the lock; the file may stay
-        self._fd = None
-
+from mnv3.files import Lock, write_atomically
 
 class RunDir:
     def __init__(self, path: str):
@@ -124,31 +64,13 @@ class RunDir:
         except UserError as e:
             raise UserError(f"{self.path}: existing run has an unreadable config ({e})") from None
         # What the checkpoint's variables and data position depend on.
-        def identity(c: Config) -> dict:
-            model = dataclasses.asdict(c.model)
-            model.pop("init_from")  # only a fresh run reads it; a resume does not
-            return {"model": model, "task.name": c.task.name,
-                    "task.output_stride": c.task.output_stride,
-                    "task.reduced_tail": c.task.reduced_tail,
-                    "task.head_channels": c.task.head_channels,
-                    "data.image_size": c.data.image_size,
-                    "data.image_width": c.data.image_width,
-                    "data.num_classes": c.data.num_classes,
-                    "train.optimizer": c.train.optimizer,
-                    "train.batch_size": c.train.batch_size,
-                    "train.ema_decay is set": c.train.ema_decay is not None}
-        mine, theirs = identity(cfg), identity(previous)
-        for key in mine:
-            if mine[key] == theirs[key]:
-                continue
-            if key == "model":
-                diff = [k for k in mine[key] if mine[key][k] != theirs[key][k]]
-                key = f"model.{diff[0]}"
-                old, new = theirs["model"][diff[0]], mine["model"][diff[0]]
-            else:
-                old, new = theirs[key], mine[key]
-            raise UserError(f"{self.path} holds a model trained with {key}={old!r}, but the "
-                            f"config says {new!r}; use a new --model_dir")
+        mine = config_lib.checkpoint_identity(cfg)
+        theirs = config_lib.checkpoint_identity(previous)
+        for key, new in mine.items():
+            if theirs.get(key) != new:
+                raise UserError(f"{self.path} holds a model trained with "
+                                f"{key}={theirs.get(key)!r}, but the config says {new!r}; "
+                                "use a new --model_dir")
 
     def save_config(self, cfg: Config) -> None:
         config_lib.save(cfg, self.config)

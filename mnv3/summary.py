@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 
+from mnv3 import cli, tasks
 from mnv3 import config as config_lib
-from mnv3 import cli
 
 
 def layer_madds(layer) -> int:
@@ -74,9 +74,8 @@ def main(argv=None) -> int:
     def go():
         args = p.parse_args(argv)
         cfg = config_lib.load(args.config, args.set)
-        from mnv3.model import build_from_config
 
-        info = summarize(build_from_config(cfg))
+        info = summarize(tasks.get(cfg).build(cfg))
         if args.json:
             info = {k: v for k, v in info.items() if k != "layers"}
             print(json.dumps(info))

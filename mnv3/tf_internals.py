@@ -37,8 +37,8 @@ class InternalMissing(UserError):
 
 
 # --- .tflite flatbuffers: the schema's object API --------------------------------
-# For editing a converted model (mnv3.export.rewrite) and reading its calibration
-# slots (mnv3.export.calibrate). The same schema ships with mediapipe, but only
+# For editing a converted model (mnv3.tflite.rewrite) and reading its calibration
+# slots (mnv3.tflite.calibrate). The same schema ships with mediapipe, but only
 # TensorFlow's has the object API (ModelT) that can be changed and written back.
 
 def tflite_schema():
@@ -156,7 +156,7 @@ def ops_of_layers(graph, layer_names: Sequence[str]) -> list[str]:
 
 
 # --- Keras: which layer made a symbolic tensor ----------------------------------
-# Walking a functional model's graph (mnv3.export.graph) needs each input
+# Walking a functional model's graph (mnv3.tflite.graph) needs each input
 # tensor's producer; Keras 3 keeps it only in the private _keras_history.
 
 def producer(tensor):

@@ -34,6 +34,21 @@ def pytest_configure(config):
         "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 
 
+def make_pipeline(cfg):
+    """The config's data pipeline, with its task looked up as the engines do."""
+    from mnv3 import data, tasks
+
+    return data.make_pipeline(cfg, tasks.get(cfg))
+
+
+def plan_start(cfg):
+    """model.init_from's starting weights for the config's task, as training plans them."""
+    from mnv3 import tasks
+    from mnv3.model import pretrained
+
+    return pretrained.plan(cfg, tasks.get(cfg))
+
+
 def run_cli(*args, timeout=300, env=None):
     """Runs a project command in a real subprocess from the repository root."""
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True,

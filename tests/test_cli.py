@@ -56,8 +56,8 @@ def test_a_failure_shows_what_the_libraries_printed(capfd):
     import keras
 
     from mnv3.errors import UserError
-    from mnv3.export import modes
-    from mnv3.export.convert import convert
+    from mnv3.tflite import modes
+    from mnv3.tflite.convert import convert
     from mnv3.native_output import libraries_quiet
 
     # A conversion that fails: the converter's own lines come out with the error.

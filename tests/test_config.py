@@ -126,10 +126,10 @@ def test_shipped_configs_load():
         config_lib.load(os.path.join(config_dir, name))
 
 
-def test_readme_documents_every_key():
-    readme = open(os.path.join(ROOT, "README.md")).read()
-    assert config_lib.reference_markdown() in readme, \
-        "README config reference is stale: paste `python -m mnv3.config`"
+def test_the_config_reference_documents_every_key():
+    reference = open(os.path.join(ROOT, "docs", "config.md"), encoding="utf-8").read()
+    assert config_lib.reference_markdown() in reference, \
+        "docs/config.md is stale: paste `python -m mnv3.config`"
 
 
 def _numeric_keys():

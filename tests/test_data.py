@@ -7,13 +7,13 @@ import pytest
 import tensorflow as tf
 
 from mnv3 import config as config_lib
-from mnv3.data import LABEL_RANGE_MESSAGE, make_pipeline, preprocess
+from mnv3.data import LABEL_RANGE_MESSAGE, preprocess
 from mnv3.data.folder import list_images
 from mnv3.data.sources import holdout
 from mnv3.data.synthetic import generate
 from mnv3.errors import UserError
 from mnv3 import cli
-from tests.conftest import SHARED_DATA, assert_one_line_error, call_cli
+from tests.conftest import SHARED_DATA, assert_one_line_error, call_cli, make_pipeline
 
 # The classic 1x1 GIF: real bytes of a real format TF can decode but not encode.
 TINY_GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04\x01"
@@ -232,7 +232,7 @@ def test_tfrecord_converter_and_reader(tmp_path):
     out = tmp_path / "records"
     from mnv3.data import tfrecord
 
-    result = call_cli(tfrecord.main, "--src", str(root), "--out", str(out),
+    result = call_cli(cli.tfrecord, "--src", str(root), "--out", str(out),
                      "--shards", "4")
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(os.listdir(out)) == ["counts.json", "labels.txt"] + [

@@ -3,26 +3,32 @@ import glob
 import json
 import os
 import shutil
+from functools import partial
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from mnv3 import config as config_lib
-from mnv3.export.calibrate import Tails
-from mnv3.export import modes
+from mnv3.tflite.calibrate import Tails
+from mnv3.tflite import modes
 from mnv3.tf_internals import interpreter_ops
-from mnv3.export.convert import convert
-from mnv3.export.evaluate import TFLiteModel
-from mnv3.export.graph import export_graph, float_layers, scale_input
-from mnv3.export.metadata import associated_files, read_metadata
-from mnv3.model import build_from_config
+from mnv3.tflite.convert import convert
+from mnv3.tflite.evaluate import TFLiteModel
+from mnv3.tflite.graph import export_graph, float_layers, scale_input
+from mnv3.tflite.metadata import associated_files, read_metadata
+from mnv3 import tasks
+from mnv3.tasks.classification_export import PROBABILITY_RANGE, ClassificationExport
 from mnv3 import cli
 from tests.conftest import (EXPORT, LEARN, SHARED_DATA, assert_one_line_error, call_cli,
                             tiny_cfg)
 
 PICTURES = ["confusion.png", "curves.png", "misclassified.png"]
 INT8 = modes.get("int8")  # uint8 in, float32 probabilities out
+# What the classifier's export half asks of a softmax output (convert's
+# defaults know no task).
+SOFTMAX_OUTPUT = {"output_range": PROBABILITY_RANGE,
+                  "float_ops": ClassificationExport.float_ops}
 # The int8 ops that stay in float (export.int8_float_stem): the stem's conv and
 # x * relu6(x + 3), and the first depthwise conv.
 FLOAT_STEM = ["CONV_2D", "ADD", "MUL", "DEPTHWISE_CONV_2D"]
@@ -51,14 +57,14 @@ def test_int8_graph_rewrite_computes_the_same_function(overrides):
 
     keras.utils.set_random_seed(0)  # the same weights every run
     cfg = config_lib.load(None, overrides + ["data.image_size=64"])
-    model = build_from_config(cfg)
+    model = tasks.get(cfg).build(cfg)
     rng = np.random.default_rng(0)
     for layer in model.layers:  # non-trivial BatchNorm statistics
         if hasattr(layer, "moving_variance"):
             gamma, beta, mean, var = layer.get_weights()
             layer.set_weights([gamma, beta, rng.normal(0, 0.3, mean.shape),
                                rng.uniform(0.3, 2.0, var.shape)])
-    rewritten = export_graph(model, cfg, INT8)
+    rewritten = export_graph(model, partial(tasks.get(cfg).build, cfg), INT8)
     layer_types = {type(layer).__name__ for layer in rewritten.layers}
     assert "Rescaling" in layer_types and "rescale" not in [l.name for l in rewritten.layers]
     assert rewritten.input.shape == (1, 64, 64, 3)
@@ -68,7 +74,7 @@ def test_int8_graph_rewrite_computes_the_same_function(overrides):
 
 
 def test_int8_rewrite_finds_the_hard_swish_layers_it_made_whatever_their_names():
-    from mnv3.export.graph import TimesSixHardSwish, _output_scales
+    from mnv3.tflite.graph import TimesSixHardSwish, _output_scales
     from mnv3.model import build_model
 
     cfg = config_lib.load(None, ["model.variant=large", "model.alpha=0.35"])
@@ -108,7 +114,7 @@ def test_a_missing_internal_falls_back_to_the_public_converter_with_a_warning(
     pixels = np.random.default_rng(4).uniform(0, 255, (16, 1, 8, 8, 3)).astype(np.float32)
     samples = list(scale_input(pixels))
     model = _hard_swish_model()
-    tflite = convert(model, INT8, samples)
+    tflite = convert(model, INT8, samples, **SOFTMAX_OUTPUT)
     warnings = [line for line in capsys.readouterr().err.splitlines()
                 if line.startswith("warning: ")]
     assert warnings and all(module in line and "pin" in line for line in warnings)
@@ -154,7 +160,7 @@ def test_int8_calibration_gives_each_tensor_its_own_range():
     model = _hard_swish_model()
     pixels = np.random.default_rng(1).uniform(100, 150, (16, 1, 8, 8, 3)).astype(np.float32)
     samples = list(scale_input(pixels))
-    tflite = convert(model, INT8, samples, percentile=100.0)
+    tflite = convert(model, INT8, samples, percentile=100.0, **SOFTMAX_OUTPUT)
     runner = TFLiteModel(tflite).runner
     tensors = {d["name"]: d["quantization"] for d in runner.get_tensor_details()}
     gate_scale, = [q[0] for name, q in tensors.items() if "gate" in name and "Relu6" in name]
@@ -171,7 +177,7 @@ def test_int8_output_float_softmax_and_calibrated_logits():
     samples = list(scale_input(pixels))
     # Float output: the softmax runs in float (int8 would give steps of 1/256).
     model = _hard_swish_model()
-    runner = TFLiteModel(convert(model, INT8, samples)).runner
+    runner = TFLiteModel(convert(model, INT8, samples, **SOFTMAX_OUTPUT)).runner
     tensors = {d["index"]: d for d in runner.get_tensor_details()}
     softmax, = [op for op in interpreter_ops(runner) if op["op_name"] == "SOFTMAX"]
     assert tensors[softmax["inputs"][0]]["dtype"] == np.float32
@@ -228,7 +234,7 @@ def test_int8_keeps_the_named_layers_in_float_where_one_scale_fails(capsys):
 
 @pytest.mark.parametrize("variant", ["small", "large"])
 def test_the_float_layers_are_the_stem_and_the_first_depthwise_conv(variant):
-    model = build_from_config(tiny_cfg(f"model.variant={variant}"))
+    model = tasks.get(cfg := tiny_cfg(f"model.variant={variant}")).build(cfg)
     assert float_layers(model) == ["stem_conv", "stem_conv_bn", "stem_act",
                                    "block0_depthwise", "block0_depthwise_bn",
                                    "block0_depthwise_act"]
@@ -240,8 +246,10 @@ def test_uint8_input_is_quantized_through_float_with_the_same_values():
     pixels = np.random.default_rng(3).uniform(0, 255, (16, 1, 8, 8, 3)).astype(np.float32)
     samples = list(scale_input(pixels))
     model = _hard_swish_model()
-    from_uint8 = TFLiteModel(convert(model, modes.get("int8", "uint8", "int8"), samples))
-    from_int8 = TFLiteModel(convert(model, modes.get("int8", "int8", "int8"), samples))
+    from_uint8 = TFLiteModel(convert(model, modes.get("int8", "uint8", "int8"), samples,
+                                         **SOFTMAX_OUTPUT))
+    from_int8 = TFLiteModel(convert(model, modes.get("int8", "int8", "int8"), samples,
+                                        **SOFTMAX_OUTPUT))
     ops = interpreter_ops(from_uint8.runner)
     tensors = {d["index"]: d for d in from_uint8.runner.get_tensor_details()}
     assert [op["op_name"] for op in ops[:2]] == ["DEQUANTIZE", "QUANTIZE"]
@@ -530,14 +538,14 @@ def test_non_finite_weights_are_refused_before_anything_is_published(tmp_path, e
 @pytest.mark.slow
 def test_an_int8_model_that_crashes_the_interpreter_is_not_published(tmp_path):
     from mnv3.errors import UserError
-    from mnv3.export.check import check_out_of_process
+    from mnv3.tflite.check import check_out_of_process
 
     # Fixed weights: with some random ones the activations after the bad kernel
     # reach inf, and calibration refuses the model before it can crash anything.
     # Keras' seed does not fix them (a model built earlier in the same process
     # changes them), so each kernel is redrawn from NumPy at its initial scale.
     cfg = config_lib.load(None, ["model.alpha=0.35", "data.image_size=32"])
-    model = build_from_config(cfg)
+    model = tasks.get(cfg).build(cfg)
     rng = np.random.default_rng(0)
     for variable in model.trainable_weights:
         if variable.path.endswith("kernel"):
@@ -549,11 +557,11 @@ def test_an_int8_model_that_crashes_the_interpreter_is_not_published(tmp_path):
     kernel.assign(value)
     samples = [scale_input(np.random.default_rng(i).uniform(0, 255, (32, 32, 3))
                            .astype(np.float32))[None] for i in range(4)]
-    graph = export_graph(model, cfg, INT8)
+    graph = export_graph(model, partial(tasks.get(cfg).build, cfg), INT8)
     path = str(tmp_path / "bad.tflite")
     with pytest.raises(UserError, match="interpreter crashed running it"):
         with open(path, "wb") as f:
-            f.write(convert(graph, INT8, samples))
+            f.write(convert(graph, INT8, samples, **SOFTMAX_OUTPUT))
         check_out_of_process(path, np.zeros((2, 32, 32, 3), np.float32), (10,))
 
 

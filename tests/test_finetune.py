@@ -17,13 +17,12 @@ from mnv3 import config as config_lib
 from mnv3 import published
 from mnv3.config import TrainConfig
 from mnv3.errors import UserError
-from mnv3.model import build_from_config
-from mnv3.model import pretrained
+from mnv3 import tasks
 from mnv3.model.builder import HEAD_LAYERS
 from mnv3.training import optim, run
 from mnv3 import cli
-from tests.conftest import (TINY, assert_one_line_error, call_cli, tiny_cfg, train_cli,
-                            train_here)
+from tests.conftest import (TINY, assert_one_line_error, call_cli, plan_start, tiny_cfg,
+                            train_cli, train_here)
 
 APPLICATIONS = {"large": keras.applications.MobileNetV3Large,
                 "small": keras.applications.MobileNetV3Small}
@@ -77,9 +76,9 @@ def test_published_layout_gives_keras_applications_outputs(tmp_path, variant, mi
     cfg = model_cfg(path, f"model.variant={variant}", f"model.minimalistic={minimalistic}",
                     f"model.include_top={include_top}", "model.pooling=none",
                     "data.num_classes=1000")
-    start = pretrained.plan(cfg)
+    start = plan_start(cfg)
     assert start.fresh == []
-    ours = build_from_config(cfg)
+    ours = tasks.get(cfg).build(cfg)
     start.apply(ours)
     images = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     np.testing.assert_allclose(ours(images, training=False).numpy(),
@@ -90,13 +89,13 @@ def test_classifier_is_reinitialised_only_when_the_class_count_differs(tmp_path)
     path = str(tmp_path / "published.h5")
     source = random_application("small")
     save_published_layout(source, path)
-    same = pretrained.plan(model_cfg(path, "data.num_classes=1000"))
+    same = plan_start(model_cfg(path, "data.num_classes=1000"))
     assert same.fresh == [] and "logits" in same.weights
-    other = pretrained.plan(model_cfg(path, "data.num_classes=5"))
+    other = plan_start(model_cfg(path, "data.num_classes=5"))
     assert other.fresh == ["logits"] and "logits" not in other.weights
     # Everything else still moves, the pretrained head_fc included.
     assert set(same.weights) - set(other.weights) == {"logits"}
-    ours = build_from_config(model_cfg(path, "data.num_classes=5"))
+    ours = tasks.get(cfg5 := model_cfg(path, "data.num_classes=5")).build(cfg5)
     before = ours.get_layer("logits").get_weights()
     other.apply(ours)
     for mine, start in zip(ours.get_layer("logits").get_weights(), before):
@@ -113,7 +112,7 @@ def test_imagenet_comes_from_the_keras_cache_and_is_recorded(tmp_path, monkeypat
     assert os.path.basename(cached) == "weights_mobilenet_v3_small_224_1.0_float.h5"
     os.makedirs(os.path.dirname(cached))
     save_published_layout(random_application("small"), cached)
-    record = pretrained.plan(cfg).record()
+    record = plan_start(cfg).record()
     with open(cached, "rb") as f:
         assert record["sha256"] == hashlib.sha256(f.read()).hexdigest()
     assert record["file"] == cached and record["layers_initialised"] == []
@@ -123,7 +122,7 @@ def test_mismatched_weights_name_the_first_layer_that_differs(tmp_path):
     path = str(tmp_path / "large.h5")
     save_published_layout(random_application("large"), path)
     with pytest.raises(UserError) as e:
-        pretrained.plan(model_cfg(path, "model.variant=small"))
+        plan_start(model_cfg(path, "model.variant=small"))
     message = str(e.value)
     assert "\n" not in message and "model.variant" in message
     # The Small stem feeds a 16-channel SE-block depthwise conv; Large's first
@@ -241,17 +240,17 @@ def test_zero_epochs_keeps_the_starting_weights_as_the_model(tmp_path, pretraine
 
 def test_keras_weights_file_must_match_the_config_exactly(tmp_path):
     cfg = tiny_cfg()
-    model = build_from_config(cfg)
+    model = tasks.get(cfg).build(cfg)
     path = str(tmp_path / "tiny.weights.h5")
     model.save_weights(path)
-    start = pretrained.plan(tiny_cfg(f"model.init_from={path}"))
+    start = plan_start(tiny_cfg(f"model.init_from={path}"))
     assert start.fresh == []
     for layer in model.layers:
         for saved, read in zip(layer.get_weights(), start.weights.get(layer.name, [])):
             np.testing.assert_array_equal(saved, read)
     assert len(start.weights) == sum(1 for layer in model.layers if layer.weights)
     with pytest.raises(UserError, match="does not load into"):
-        pretrained.plan(tiny_cfg(f"model.init_from={path}", "model.alpha=0.5"))
+        plan_start(tiny_cfg(f"model.init_from={path}", "model.alpha=0.5"))
 
 
 def test_backbone_lr_scale_scales_the_step_and_the_decay():
@@ -327,7 +326,7 @@ def test_published_imagenet_model_exports_with_imagenet_labels(tmp_path, monkeyp
     result = call_cli(cli.export, "--model_dir", str(model_dir), "--quant", "float32",
                       "--set", "export.latency_runs=2")
     assert result.returncode == 0, result.stderr[-2000:]
-    from mnv3.export.metadata import associated_files, read_metadata
+    from mnv3.tflite.metadata import associated_files, read_metadata
 
     (tflite,) = [f for f in os.listdir(model_dir / "export") if f.endswith(".tflite")]
     data = (model_dir / "export" / tflite).read_bytes()

@@ -22,16 +22,16 @@ def _mediapipe_input(image, size):
     from mediapipe.tasks import python as mp_tasks
     from mediapipe.tasks.python import vision
 
-    from mnv3.export import modes
-    from mnv3.export.convert import convert
-    from mnv3.export.metadata import add_metadata
+    from mnv3.tflite import modes
+    from mnv3.tflite.convert import convert
+    from mnv3.tflite.metadata import add_metadata, classifier_output
 
     values = size * size * 3
     pixels = keras.Input((size, size, 3), batch_size=1, name="image")
     identity = keras.Model(pixels, keras.layers.Reshape((values,))(pixels))
     tflite = add_metadata(convert(identity, modes.get("float32")), name="identity",
                           description="identity", labels=[str(i) for i in range(values)],
-                          mean=0.0, std=1.0)
+                          mean=0.0, std=1.0, output=classifier_output(values))
     options = vision.ImageClassifierOptions(
         base_options=mp_tasks.BaseOptions(model_asset_buffer=tflite), max_results=values)
     with vision.ImageClassifier.create_from_options(options) as classifier:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnv3.export import analysis
+from mnv3.results import analysis
 from tests.conftest import EXPORT, LEARN, tiny_cfg
 
 
@@ -37,7 +37,7 @@ def test_confusion_per_class_and_pairs_on_known_predictions():
 
 
 def test_confusion_picture_keeps_the_most_confused_classes_of_many(tmp_path):
-    from mnv3.export.plots import MAX_CLASSES_SHOWN, confusion_png
+    from mnv3.results.plots import MAX_CLASSES_SHOWN, confusion_png
 
     rng = np.random.default_rng(0)
     n = 300
@@ -79,8 +79,8 @@ def _direct_predictions(model_dir, eval_images):
     """Keras and int8 predictions over the eval data, counted here, not by export."""
     import keras
 
-    from mnv3.data import make_pipeline
-    from mnv3.export.evaluate import TFLiteModel
+    from tests.conftest import make_pipeline
+    from mnv3.tflite.evaluate import TFLiteModel
 
     keras_model = keras.saving.load_model(os.path.join(model_dir, "best.keras"))
     int8 = TFLiteModel(open(glob.glob(os.path.join(model_dir, "export", "*_int8.tflite"))[0],

@@ -79,7 +79,7 @@ def test_every_checkpoint_damaged_is_one_line_and_nothing_is_overwritten(run_cop
 def test_non_finite_weights_are_never_saved(run_copy):
     """An update that leaves the loss finite but the weights broken: the step
     after it is never taken, yet nothing may be saved (checkpoint or best.keras)."""
-    from mnv3.data import make_pipeline
+    from tests.conftest import make_pipeline
     from mnv3.training.trainer import Trainer
 
     cfg = tiny_cfg(*SMALL, "train.epochs=3")
@@ -87,7 +87,7 @@ def test_non_finite_weights_are_never_saved(run_copy):
     saved_before = on_disk(run_copy)
     trainer = Trainer(cfg, RunDir(str(run_copy)), tf.distribute.get_strategy(),
                       make_pipeline(cfg))
-    real_steps = trainer.train_steps
+    real_steps = trainer.train_batches
     # The stem: every later activation overflows from it, in inference mode too.
     # (Blowing up the classifier alone was flaky: a barely trained model's
     # inference-mode features can all be zero on the probe images.)
@@ -95,11 +95,11 @@ def test_non_finite_weights_are_never_saved(run_copy):
 
     def steps_that_blow_up_the_weights(iterator, steps):
         out = real_steps(iterator, steps)  # the loss was computed before this update
-        if int(trainer.batches_done.numpy()) == 20:  # the step before a save
+        if int(trainer.position.batches_done.numpy()) == 20:  # the step before a save
             kernel.assign(tf.fill(kernel.shape, 3e38))
         return out
 
-    trainer.train_steps = steps_that_blow_up_the_weights
+    trainer.train_batches = steps_that_blow_up_the_weights
     with pytest.raises(UserError) as err:
         trainer.fit()
     message = str(err.value)
@@ -118,7 +118,7 @@ def test_non_finite_weights_are_never_saved(run_copy):
 def test_a_poisoned_checkpoint_is_skipped_on_resume(run_copy):
     """Checkpoints saved by older versions may hold NaN: never resume from one."""
     newest = on_disk(run_copy)[0]
-    from mnv3.data import make_pipeline
+    from tests.conftest import make_pipeline
     from mnv3.training.trainer import Trainer
 
     cfg = tiny_cfg(*SMALL, "train.epochs=2")
@@ -131,8 +131,8 @@ def test_a_poisoned_checkpoint_is_skipped_on_resume(run_copy):
     kernel = trainer.model.get_layer("stem_conv").kernel
     kernel.assign(tf.fill(kernel.shape, np.nan))
     trainer.checkpoint.write(newest)  # overwrite in place
-    assert trainer.restore(set_aside_damaged=True)
-    assert int(trainer.batches_done.numpy()) == 12
+    assert trainer.keeper.restore(set_aside_damaged=True)
+    assert int(trainer.position.batches_done.numpy()) == 12
     assert np.isfinite(kernel.numpy()).all()
     assert not os.path.exists(newest + ".index")
 

@@ -11,10 +11,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import SHARED_DATA, assert_one_line_error, call_cli, shared_directory
-from mnv3 import cli, config as config_lib
+from mnv3 import cli, config as config_lib, metrics, tasks
 from mnv3.data import masks as masks_lib
-from mnv3.model import build_from_config
-from mnv3.training import metrics
 
 CAMVID = os.path.join(SHARED_DATA, "camvid")
 QUICKSTART = "configs/segmentation_quickstart.yaml"
@@ -36,7 +34,7 @@ def test_lraspp_large_has_torchvisions_parameters():
     cfg = config_lib.load(None, ["task.name=segmentation", "task.reduced_tail=false",
                                  "model.variant=large", "data.num_classes=21",
                                  "data.image_size=64"])
-    model = build_from_config(cfg)
+    model = tasks.get(cfg).build(cfg)
     assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 3_221_538
 
 
@@ -45,7 +43,7 @@ def test_dilated_tail_keeps_the_output_stride_and_halves_channels(stride):
     cfg = config_lib.load(None, ["task.name=segmentation", f"task.output_stride={stride}",
                                  "model.variant=small", "data.num_classes=5",
                                  "data.image_size=64", "data.image_width=96"])
-    model = build_from_config(cfg)
+    model = tasks.get(cfg).build(cfg)
     assert model.output.shape[1:] == (64, 96, 5)
     # Small's last stage: 96 -> 48 channels, so the head conv has 6 x 48.
     assert model.get_layer("head_conv").output.shape[1:] == (64 // stride, 96 // stride, 288)
@@ -59,7 +57,7 @@ def test_dilated_tail_keeps_the_output_stride_and_halves_channels(stride):
     plain = config_lib.load(None, ["task.name=segmentation", "task.output_stride=32",
                                    "model.variant=small", "data.num_classes=5",
                                    "data.image_size=64", "data.image_width=96"])
-    assert [w.shape for w in build_from_config(plain).weights] == \
+    assert [w.shape for w in tasks.get(plain).build(plain).weights] == \
         [w.shape for w in model.weights]
 
 
@@ -112,8 +110,6 @@ def test_synthetic_masks_mark_the_drawn_shapes():
 # --- loss and metrics -----------------------------------------------------------------
 
 def test_loss_skips_the_ignore_index():
-    from mnv3 import tasks
-
     cfg = seg_cfg()
     loss = tasks.get(cfg).loss()
     ignore = cfg.data.ignore_index
@@ -257,7 +253,7 @@ def segmenter(tmp_path_factory):
 
 def eval_frames(count=6):
     """Eval frames at the model's input size, as the pipeline gives them."""
-    from mnv3.data import make_pipeline
+    from tests.conftest import make_pipeline
 
     pipeline = make_pipeline(segmenter_cfg())
     images, masks = next(iter(pipeline.eval(batch_size=count)))
@@ -285,7 +281,7 @@ def test_trained_segmenter_learns_and_reports_by_miou(segmenter):
 
 @pytest.mark.slow
 def test_exported_segmenter_carries_mediapipe_metadata(segmenter):
-    from mnv3.export.metadata import associated_files, read_metadata
+    from mnv3.tflite.metadata import associated_files, read_metadata
     from mediapipe.tasks.metadata import image_segmenter_metadata_schema_py_generated as seg
 
     model_dir, report = segmenter
@@ -310,7 +306,7 @@ def test_mediapipe_image_segmenter_agrees_with_our_interpreter(segmenter):
     from mediapipe.tasks import python as mp_tasks
     from mediapipe.tasks.python import vision
 
-    from mnv3.export.evaluate import TFLiteModel
+    from mnv3.tflite.evaluate import TFLiteModel
 
     model_dir, _ = segmenter
     images, _ = eval_frames()
@@ -334,10 +330,10 @@ def test_mediapipe_image_segmenter_agrees_with_our_interpreter(segmenter):
 def test_a_classification_run_starts_the_backbone(learned_run):
     """model.init_from with a classifier: the backbone loads (weights equal), the
     halved last stage and the head start afresh."""
-    from mnv3.model import pretrained
+    from tests.conftest import plan_start
 
     cfg = seg_cfg("model.alpha=0.35", f"model.init_from={learned_run}")
-    start = pretrained.plan(cfg)
+    start = plan_start(cfg)
     source = dict(start.source.layers)
     assert start.weights and all(np.array_equal(a, b) for name, arrays in start.weights.items()
                                  for a, b in zip(arrays, source[name]))
@@ -346,7 +342,7 @@ def test_a_classification_run_starts_the_backbone(learned_run):
             "seg_low_classifier"} <= set(start.fresh)
     assert "logits" not in start.weights
     # Without the halved tail, everything but the head comes from the classifier.
-    start = pretrained.plan(seg_cfg(f"model.init_from={learned_run}",
+    start = plan_start(seg_cfg(f"model.init_from={learned_run}",
                                     "task.reduced_tail=false"))
     assert set(start.fresh) == {"seg_branch_conv", "seg_branch_conv_bn", "seg_gate_conv",
                                 "seg_high_classifier", "seg_low_classifier"}
@@ -365,7 +361,6 @@ def test_predict_refuses_a_segmenter_in_one_line(segmenter):
 def test_every_task_name_has_a_task():
     import typing
 
-    from mnv3 import tasks
     from mnv3.config import TaskConfig
 
     assert set(typing.get_args(typing.get_type_hints(TaskConfig)["name"])) == set(tasks.TASKS)

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from mnv3 import config as config_lib
-from mnv3.model import build_from_config
+from mnv3 import tasks
 from mnv3.summary import summarize
 from mnv3 import summary
 from tests.conftest import assert_one_line_error, call_cli
@@ -14,7 +14,7 @@ from tests.conftest import assert_one_line_error, call_cli
 def test_madds_match_paper_table_3(variant, low, high):
     cfg = config_lib.load(None, [f"model.variant={variant}", "data.num_classes=1000",
                                  "data.image_size=224"])
-    info = summarize(build_from_config(cfg))
+    info = summarize(tasks.get(cfg).build(cfg))
     assert low <= info["madds"] <= high
     assert info["params"] == {"large": 5_507_432, "small": 2_554_968}[variant]
 
@@ -22,7 +22,7 @@ def test_madds_match_paper_table_3(variant, low, high):
 def test_madds_scale_with_resolution():
     def madds(size):
         cfg = config_lib.load(None, ["model.alpha=0.35", f"data.image_size={size}"])
-        return summarize(build_from_config(cfg))["madds"]
+        return summarize(tasks.get(cfg).build(cfg))["madds"]
     # Spatial layers grow with the pixel count (4x); the pooled head does not.
     assert 3.0 < madds(128) / madds(64) < 4.0
 
@@ -34,7 +34,7 @@ def test_cli_json_and_table(write_yaml):
     assert result.returncode == 0, result.stderr[-2000:]
     info = json.loads(result.stdout)
     cfg = config_lib.load(path, ["model.alpha=0.5"])
-    assert info["params"] == build_from_config(cfg).count_params()
+    assert info["params"] == tasks.get(cfg).build(cfg).count_params()
     assert info["madds"] > 0 and info["input"] == [64, 64, 3]
 
     table = call_cli(summary.main, "--config", path)

@@ -42,7 +42,7 @@ def test_training_learns_and_inference_mode_tracks_training(learned_run):
     assert evaluated["top1"] == pytest.approx(last["eval_top1"], abs=1e-6)
     assert sorted(os.listdir(model_dir)) == before
     # best.keras is the best epoch's model: it scores the best eval top-1.
-    from mnv3.data import make_pipeline
+    from tests.conftest import make_pipeline
 
     best = keras.saving.load_model(str(model_dir / "best.keras"))
     right = total = 0
@@ -111,7 +111,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def _fitted_trainer(tmp_path, cfg, pipeline=None):
     """A Trainer in a new run directory under tmp_path, after fit(): (trainer, run_dir)."""
-    from mnv3.data import make_pipeline
+    from tests.conftest import make_pipeline
     from mnv3.run_dir import RunDir
     from mnv3.training.trainer import Trainer
 
@@ -139,7 +139,7 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path):
 
 
 def test_eval_every_epochs_evaluates_on_its_epochs_and_the_last(tmp_path):
-    from mnv3.export.plots import curves_png
+    from mnv3.results.plots import curves_png
 
     cfg = tiny_cfg("train.epochs=3", "data.synthetic_images=160", "train.eval_every_epochs=2")
     trainer, run_dir = _fitted_trainer(tmp_path, cfg)
@@ -147,7 +147,7 @@ def test_eval_every_epochs_evaluates_on_its_epochs_and_the_last(tmp_path):
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert ["eval_top1" in r for r in records] == [False, True, True]
     # best.keras is the better of the evaluated epochs, and the run knows its score.
-    assert float(trainer.best_top1.numpy()) == pytest.approx(
+    assert float(trainer.best.value.numpy()) == pytest.approx(
         max(records[1]["eval_top1"], records[2]["eval_top1"]))
     assert trainer.evaluate()["top1"] == pytest.approx(records[2]["eval_top1"], abs=1e-6)
     # The training curves still draw, from records where eval skips epochs.
@@ -163,7 +163,7 @@ def test_resolution_schedule_stages():
 
 @pytest.mark.slow
 def test_a_resolution_schedule_trains_at_its_sizes_and_saves_at_image_size(tmp_path):
-    from mnv3.data import make_pipeline
+    from tests.conftest import make_pipeline
 
     cfg = tiny_cfg("train.epochs=3", "data.synthetic_images=160",
                    "data.train_image_sizes=[32,48]")
@@ -178,7 +178,7 @@ def test_a_resolution_schedule_trains_at_its_sizes_and_saves_at_image_size(tmp_p
     saved = keras.saving.load_model(run_dir.best_model)
     assert tuple(saved.input.shape[1:]) == (64, 64, 3)
     images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
-    trainer.save_best()  # the last epoch's weights, whatever eval chose
+    trainer.best.save(trainer.model, 0.0)  # the last epoch's weights, whatever eval chose
     np.testing.assert_allclose(
         keras.saving.load_model(run_dir.best_model)(images, training=False).numpy(),
         trainer.model(images, training=False).numpy(), atol=1e-5)
@@ -327,16 +327,16 @@ def test_several_steps_per_call_keep_logs_checkpoints_and_the_non_finite_stop(tm
         "epoch 1/1 step 5/8", "epoch 1/1 step 8/8"]
     assert sorted(f for f in os.listdir(run_dir.checkpoints) if f.endswith(".index")) \
         == ["ckpt-4.index", "ckpt-8.index"]
-    assert read_metrics(run_dir.path)[-1]["step"] == 8 == int(trainer.batches_done.numpy())
+    assert read_metrics(run_dir.path)[-1]["step"] == 8 == int(trainer.position.batches_done.numpy())
 
     # A call stops after the first step whose loss is not finite: no further
     # update lands on the weights, and the data position counts that one step.
     iterator = iter(trainer.distribute(trainer.pipeline.train(1)))
     kernel = trainer.model.get_layer("logits").kernel
     kernel.assign(tf.fill(kernel.shape, np.nan))
-    sums, taken, loss = trainer.train_steps(iterator, tf.constant(5))
+    sums, taken, loss = trainer.train_batches(iterator, tf.constant(5))
     assert int(taken) == 1 and np.isnan(float(loss)) and float(sums["count"]) == 32
-    assert int(trainer.batches_done.numpy()) == 9
+    assert int(trainer.position.batches_done.numpy()) == 9
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from absl import logging
 
+from mnv3.data.classes import check_class_name
 from mnv3.errors import UserError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -120,8 +121,6 @@ def list_images(root: str, strict: bool = False,
     `classes`: (folder names in label order, their display names), when labels
     follow a fixed list such as ImageNet's; the folders may be any subset of it.
     Otherwise the sorted folder names are the classes."""
-    from mnv3.run_dir import check_class_name
-
     if not os.path.exists(root):
         raise UserError(f"{root}: data directory not found")
     if not os.path.isdir(root):

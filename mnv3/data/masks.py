@@ -20,13 +20,11 @@ import numpy as np
 import tensorflow as tf
 
 from mnv3.config import DataConfig
+from mnv3.data import classes, synthetic
 from mnv3.data.folder import IMAGE_EXTENSIONS, check_images
 from mnv3.data.preprocess import decode, to_uint8
 from mnv3.data.sources import Source, Split, holdout
 from mnv3.errors import UserError
-
-MASK_RANGE_MESSAGE = "a mask value is neither a class (0..data.num_classes-1) nor " \
-    "data.ignore_index"
 
 
 def list_pairs(root: str, strict: bool) -> tuple[list[str], list[str]]:
@@ -98,8 +96,6 @@ def _array_split(images: np.ndarray, masks: np.ndarray) -> Split:
 def load_source(cfg: DataConfig, seed: int = 0) -> Source:
     """Train and eval splits of (image, mask) pairs; problems raise UserError."""
     if cfg.source == "synthetic":
-        from mnv3.data import synthetic
-
         names = synthetic.SEGMENTATION_CLASS_NAMES
         if cfg.num_classes != len(names):
             raise UserError(f"data.num_classes is {cfg.num_classes} but the synthetic "
@@ -108,7 +104,6 @@ def load_source(cfg: DataConfig, seed: int = 0) -> Source:
         train, held = holdout(np.zeros(len(images)), cfg.val_fraction)
         return Source(_array_split(images[train], masks[train]),
                       _array_split(images[held], masks[held]), list(names))
-    from mnv3.data import classes
 
     images, masks = list_pairs(cfg.train_dir, cfg.strict)
     # Masks hold indices; data.classes (a file, one name per line) names them.
@@ -179,8 +174,3 @@ def eval_view(image, mask, size: tuple[int, int]):
     image.set_shape([height, width, 3])
     return image, tf.reshape(mask, [height, width])
 
-
-def check_mask(image, mask, num_classes: int, ignore_index: int):
-    valid = tf.reduce_all((mask < num_classes) | (mask == ignore_index))
-    with tf.control_dependencies([tf.debugging.Assert(valid, [MASK_RANGE_MESSAGE])]):
-        return image, tf.cast(mask, tf.int32)

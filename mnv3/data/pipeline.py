@@ -17,10 +17,9 @@ import tensorflow as tf
 
 from mnv3.config import Config, DataConfig
 from mnv3.data.folder import first_undecodable
-from mnv3.data.masks import MASK_RANGE_MESSAGE
+from mnv3.data.labels import LABEL_RANGE_MESSAGE, MASK_RANGE_MESSAGE
 from mnv3.data.sources import HOLDOUT_SEED, Source
 from mnv3.errors import UserError, first_line
-from mnv3.tasks.classification import LABEL_RANGE_MESSAGE
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -66,6 +65,8 @@ class Pipeline:
     """Everything the trainer and exporter need to read the configured data."""
 
     def __init__(self, source: Source, cfg: Config, task):
+        """`task`: what reads the source and gives each example's views and
+        label (an mnv3.tasks.Task; data never imports one)."""
         self.source = source
         self.cfg = cfg
         self.task = task
@@ -179,9 +180,7 @@ def user_errors_from_data(pipeline: Pipeline):
         raise UserError(f"an image could not be decoded: {reason}") from None
 
 
-def make_pipeline(cfg: Config) -> Pipeline:
-    """Loads the configured source (listing and checking files) once."""
-    from mnv3 import tasks
-
-    task = tasks.get(cfg)
+def make_pipeline(cfg: Config, task) -> Pipeline:
+    """Loads `task`'s source of the configured data (listing and checking files)
+    once."""
     return Pipeline(task.load_source(seed=cfg.runtime.seed or 0), cfg, task)

@@ -13,6 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 from mnv3.config import DataConfig
+from mnv3.data import classes, synthetic, tfds_source, tfrecord
+from mnv3.data.folder import list_images
 from mnv3.errors import UserError
 
 HOLDOUT_SEED = 1234  # fixed, so the held-out images do not change with runtime.seed
@@ -68,8 +70,6 @@ def _file_split(paths, labels) -> Split:
 
 
 def _synthetic(cfg: DataConfig, seed: int) -> Source:
-    from mnv3.data import synthetic
-
     _check_classes(len(synthetic.CLASS_NAMES), cfg, "the synthetic dataset")
     images, labels = synthetic.generate(cfg.synthetic_images, cfg.image_size, seed)
     train_idx, eval_idx = holdout(labels, cfg.val_fraction)
@@ -79,9 +79,6 @@ def _synthetic(cfg: DataConfig, seed: int) -> Source:
 
 
 def _folder(cfg: DataConfig) -> Source:
-    from mnv3.data import classes
-    from mnv3.data.folder import list_images
-
     fixed = classes.load(cfg.classes, cfg.num_classes)
     train = list_images(cfg.train_dir, cfg.strict, fixed)
     _check_classes(len(train.class_names), cfg, cfg.train_dir)
@@ -101,8 +98,6 @@ def _folder(cfg: DataConfig) -> Source:
 
 
 def _tfrecord(cfg: DataConfig) -> Source:
-    from mnv3.data import tfrecord
-
     def split(directory, pattern):
         files = tfrecord.shard_files(directory, pattern)
         return files, tfrecord.record_count(directory, pattern, files)
@@ -126,8 +121,6 @@ def _tfrecord(cfg: DataConfig) -> Source:
 
 
 def _tfds(cfg: DataConfig) -> Source:
-    from mnv3.data import tfds_source
-
     builder = tfds_source.load_builder(cfg.tfds_name, cfg.tfds_data_dir,
                                        cfg.tfds_manual_dir, cfg.tfds_download)
     label = builder.info.features["label"]
@@ -148,8 +141,6 @@ def _tfds(cfg: DataConfig) -> Source:
 
 def _named(cfg: DataConfig, names: list[str]) -> list[str]:
     """Stored labels are already numbers: data.classes only names them."""
-    from mnv3.data import classes
-
     fixed = classes.load(cfg.classes, cfg.num_classes)
     return fixed[1] if fixed else names
 

@@ -2,7 +2,7 @@
 `image/encoded` (JPEG/PNG bytes) and `image/class/label` (int64; 1..1000 in the
 1001-class files, hence `data.label_offset`).
 
-    python -m mnv3.data.tfrecord --src DIR --out DIR [--shards 16] [--prefix train]
+    mnv3-tfrecord --src DIR --out DIR [--shards 16] [--prefix train]
 
 writes such shards from a class-per-folder directory, plus `labels.txt` (one
 class name per line) and `counts.json` (records per prefix) beside them.
@@ -17,7 +17,9 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from mnv3.data.folder import list_images
 from mnv3.errors import UserError
+from mnv3.files import atomic_path, write_atomically
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -102,9 +104,6 @@ def read(files: list[str], label_offset: int, shuffle_seed=None):
 def write_shards(src: str, out: str, shards: int, prefix: str, strict: bool = False) -> int:
     """Converts a class-per-folder directory into `shards` TFRecord files; shards
     of an earlier conversion with the same prefix are removed."""
-    from mnv3.data.folder import list_images
-    from mnv3.files import atomic_path, write_atomically
-
     files = list_images(src, strict=strict)
     os.makedirs(out, exist_ok=True)
     shards = max(1, min(shards, len(files.paths)))
@@ -132,27 +131,3 @@ def write_shards(src: str, out: str, shards: int, prefix: str, strict: bool = Fa
     write_atomically(os.path.join(out, "counts.json"), json.dumps(counts, indent=1))
     return len(files.paths)
 
-
-def main(argv=None) -> int:
-    from mnv3 import cli
-
-    p = cli.parser("Write ImageNet-layout TFRecord shards from a class-per-folder "
-                   "image directory.")
-    p.add_argument("--src", required=True, help="directory with one sub-folder per class")
-    p.add_argument("--out", required=True, help="output directory for the shards")
-    p.add_argument("--shards", type=int, default=16)
-    p.add_argument("--prefix", default="train", help="shard name prefix "
-                   "(train or validation)")
-    p.add_argument("--strict", action="store_true", help="fail on unreadable images")
-
-    def go():
-        args = p.parse_args(argv)
-        count = write_shards(args.src, args.out, args.shards, args.prefix, args.strict)
-        print(f"wrote {count} images to {args.out}/{args.prefix}-*")
-    return cli.run_command(go)
-
-
-if __name__ == "__main__":
-    from mnv3 import cli
-
-    cli.main(main)

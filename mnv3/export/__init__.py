@@ -1,6 +1,7 @@
-"""TFLite export: `mnv3.export.pipeline.run(cfg, model_dir)` writes model_dir/export/.
+"""The export engine: `mnv3.export.pipeline.run(cfg, model_dir)` writes
+model_dir/export/.
 
-modes (what each mode means) -> graph (the network rebuilt for TFLite) ->
-convert (+ calibrate, rewrite) -> metadata -> check / evaluate ->
-analysis (per-class figures) and plots (pictures) -> report.
+It looks the task up once and passes it down: tflite.graph rebuilds the network
+for TFLite, tflite.convert converts each mode, the task's export half adds
+metadata and scores each file, results.report writes the report.
 """

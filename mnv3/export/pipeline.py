@@ -1,8 +1,8 @@
 """TFLite export of a trained run, in three steps: collect the calibration
 images (eval images stream, so memory does not grow with the eval set), export
 each mode (convert, add metadata, check, evaluate, time), and report. What is
-task-specific (scoring, metadata, pictures, report sections) the task gives.
-`run(cfg, model_dir)` does them all and publishes model_dir/export/."""
+task-specific (scoring, metadata, pictures, report sections) the task's export
+half gives. `run(cfg, model_dir)` does them all and publishes model_dir/export/."""
 
 from __future__ import annotations
 
@@ -11,16 +11,29 @@ import glob
 import os
 import shutil
 import time
+from functools import partial
 from typing import Callable, Iterator
 
 import numpy as np
 
+from mnv3 import tasks
 from mnv3.config import Config
 from mnv3.console import Progress, say
+from mnv3.data import make_pipeline, user_errors_from_data
 from mnv3.errors import UserError
-from mnv3.export.modes import Mode
 from mnv3.files import (make_staging_dir, publish_directory, recover_directory,
                         write_atomically)
+from mnv3.model.saved import load_keras_file
+from mnv3.results import plots
+from mnv3.results.report import format_table, write_report
+from mnv3.run_dir import RunDir
+from mnv3.tasks import Task
+from mnv3.tflite import modes
+from mnv3.tflite.check import check_out_of_process
+from mnv3.tflite.convert import convert
+from mnv3.tflite.evaluate import TFLiteModel
+from mnv3.tflite.graph import export_graph, float_layers, scale_input
+from mnv3.tflite.modes import Mode
 
 STAGING = ".export-new-"
 
@@ -28,12 +41,7 @@ STAGING = ".export-new-"
 def run(cfg: Config, model_dir: str) -> dict:
     """Exports every mode in cfg.export.quant; returns the report. The files are
     built and checked in a staging folder, then replace export/ as one set."""
-    from mnv3 import tasks
-    from mnv3.export import modes
-    from mnv3.export.report import format_table, write_report
-    from mnv3.run_dir import RunDir
-
-    task = tasks.get(cfg)
+    task = tasks.get(cfg)  # the one look-up: everything below is handed it
     run_dir = RunDir(model_dir)
     trained, labels = _load_trained(run_dir, cfg, task)
     if os.path.exists(run_dir.export) and not os.path.isdir(run_dir.export):
@@ -47,7 +55,7 @@ def run(cfg: Config, model_dir: str) -> dict:
             shutil.rmtree(stale, ignore_errors=True)  # a killed export's leftovers
         staging = make_staging_dir(model_dir, STAGING)
         try:
-            data = collect(cfg)
+            data = collect(cfg, task)
             target = Target(trained, cfg, task, labels, staging)
             keras, reference = keras_row(target, data, run_dir.best_model)
             rows = [keras] + [export_mode(target, mode, data, reference)
@@ -56,10 +64,10 @@ def run(cfg: Config, model_dir: str) -> dict:
             report = {"model": target.name, "task": task.name,
                       "eval_images": int(reference.count),
                       "threads": cfg.export.threads, "labels": labels,
-                      "headline": [list(h) for h in task.headline],
-                      "agreement": task.agreement, "rows": rows,
+                      "headline": [list(h) for h in task.export.headline],
+                      "agreement": task.export.agreement, "rows": rows,
                       "pictures": draw_pictures(target, reference, run_dir.read_metrics())}
-            write_report(report, staging, task.report_sections(report))
+            write_report(report, staging, task.export.report_sections(report))
             publish_directory(staging, run_dir.export)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -67,9 +75,7 @@ def run(cfg: Config, model_dir: str) -> dict:
     return report
 
 
-def _load_trained(run_dir, cfg: Config, task):
-    from mnv3.model.saved import load_keras_file
-
+def _load_trained(run_dir, cfg: Config, task: Task):
     if not os.path.isdir(run_dir.path):
         raise UserError(f"{run_dir.path}: model_dir not found")
     if not os.path.exists(run_dir.best_model):
@@ -105,12 +111,10 @@ class EvalData:
     expected: int  # eval images listed (images that fail to decode are skipped)
 
 
-def collect(cfg: Config) -> EvalData:
+def collect(cfg: Config, task: Task) -> EvalData:
     """Calibration images from the training data (a fixed number, kept), and a
     way to stream the eval images (never all held at once)."""
-    from mnv3.data import make_pipeline, user_errors_from_data
-
-    pipeline = make_pipeline(cfg)
+    pipeline = make_pipeline(cfg, task)
     progress = Progress(cfg.export.calibration_steps, "reading calibration images")
     calibration = []
     with user_errors_from_data(pipeline):
@@ -154,14 +158,14 @@ class Target:
         origin = (f"the {cfg.model.init_from} weights as they are, exported with mnv3"
                   if cfg.train.epochs == 0 else "trained with mnv3")
         self.description = (f"MobileNetV3-{cfg.model.variant.capitalize()} (alpha "
-                            f"{cfg.model.alpha}) {task.description}, {len(labels)} "
+                            f"{cfg.model.alpha}) {task.export.description}, {len(labels)} "
                             f"classes, {origin}.")
 
 
 def keras_row(target: Target, data: EvalData, best_model: str) -> tuple[dict, object]:
     """The trained Keras model's report row, and its scorecard: the reference
     every mode is compared with."""
-    reference = target.task.scorecard(target.labels, expected=data.expected)
+    reference = target.task.export.scorecard(target.labels, expected=data.expected)
     progress = Progress(data.expected, "keras: evaluating")
     for images, truth in data.batches():
         progress.add(len(images))
@@ -183,28 +187,24 @@ def keras_row(target: Target, data: EvalData, best_model: str) -> tuple[dict, ob
 
 def export_mode(target: Target, mode: Mode, data: EvalData, reference) -> dict:
     """Converts, labels, checks and evaluates one mode; returns its report row."""
-    from mnv3.export.check import check_out_of_process
-    from mnv3.export.convert import convert
-    from mnv3.export.evaluate import TFLiteModel
-    from mnv3.export.graph import export_graph, float_layers, scale_input
-
-    cfg, task = target.cfg, target.task
+    cfg, task_export = target.cfg, target.task.export
     started = time.perf_counter()
-    graph = export_graph(target.trained, cfg, mode)
+    graph = export_graph(target.trained, partial(target.task.build, cfg), mode)
     samples = [(scale_input(x) if mode.quantized_input else x)[None]
                for x in data.calibration] if mode.integer else []
     tflite = convert(graph, mode, samples, percentile=cfg.export.calibration_percentile,
-                     output_range=task.output_range(), float_ops=task.float_ops,
+                     output_range=task_export.output_range(), float_ops=task_export.float_ops,
                      float_layers=float_layers(graph) if cfg.export.int8_float_stem else ())
     mean, std = mode.normalization
-    tflite = task.metadata(tflite, name=target.name, description=target.description,
-                           labels=target.labels, mean=mean, std=std)
+    tflite = task_export.metadata(tflite, name=target.name,
+                                  description=target.description, labels=target.labels,
+                                  mean=mean, std=std)
     path = os.path.join(target.out_dir, f"{target.name}_{mode.name}.tflite")
     write_atomically(path, tflite)
     say(f"{mode.name}: converted in {time.perf_counter() - started:.1f} s "
         f"({len(tflite) / 2**20:.2f} MB); checking and evaluating it")
     # In another process first: a crash there fails the export, not this one.
-    check_out_of_process(path, reference.probe, task.output_shape())
+    check_out_of_process(path, reference.probe, task_export.output_shape())
     model = TFLiteModel(tflite, threads=cfg.export.threads)
     types = (np.dtype(model.input["dtype"]).name, np.dtype(model.output["dtype"]).name)
     if types != (mode.input_type, mode.output_type):
@@ -212,7 +212,7 @@ def export_mode(target: Target, mode: Mode, data: EvalData, reference) -> dict:
                         f"{types[1]} output, not the {mode.input_type} / {mode.output_type} "
                         f"that {mode.name} means; not published")
     progress = Progress(reference.count, f"{mode.name}: evaluating")
-    card = task.scorecard(target.labels, reference)
+    card = task_export.scorecard(target.labels, reference)
     for images, truth in data.batches():
         card.add(images, truth, np.stack([model(x) for x in images]))
         progress.add(len(images))
@@ -230,12 +230,10 @@ def export_mode(target: Target, mode: Mode, data: EvalData, reference) -> dict:
 def draw_pictures(target: Target, reference, records: list[dict]) -> dict:
     """The task's pictures and the training curves of its headline metric, in
     the export folder; {what: file name}."""
-    from mnv3.export import plots
-
     task = target.task
-    pictures = task.pictures(reference, target.out_dir, target.name)
+    pictures = task.export.pictures(reference, target.out_dir, target.name)
     if records:
-        title = next(t for key, t, _ in task.headline if key == task.best_metric)
+        title = next(t for key, t, _ in task.export.headline if key == task.best_metric)
         plots.curves_png(records, os.path.join(target.out_dir, "curves.png"),
                          task.best_metric, title)
         pictures["curves"] = "curves.png"

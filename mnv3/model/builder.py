@@ -181,7 +181,7 @@ def build_model(cfg: ModelConfig, image_size: int | None, num_classes: int,
     with include_top=False a pooled feature vector, the last feature map, or
     with feature_outputs=True a list of maps at strides 8, 16 and 32.
     `hard_swish(x, name) -> tensor` builds each h-swish activation (the TFLite
-    export injects a form that quantizes faster, see mnv3.export.graph);
+    export injects a form that quantizes faster, see mnv3.tflite.graph);
     `include_rescaling=False` leaves out the 0..255 -> -1..1 input scaling.
     """
     net = build_backbone(cfg, image_size, batch_size=batch_size,
@@ -216,10 +216,3 @@ def build_model(cfg: ModelConfig, image_size: int | None, num_classes: int,
 def model_name(cfg: ModelConfig) -> str:
     return f"mobilenet_v3_{cfg.variant}{'_minimalistic' if cfg.minimalistic else ''}"
 
-
-def build_from_config(cfg, image_size: int | None = -1) -> keras.Model:
-    """The config's task model (classifier or segmenter), with sizes from the
-    full Config (`image_size=-1`: the config's)."""
-    from mnv3 import tasks
-
-    return tasks.get(cfg).build(cfg, image_size)

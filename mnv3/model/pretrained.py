@@ -19,7 +19,7 @@ import numpy as np
 
 from mnv3 import published
 from mnv3.errors import UserError, first_line
-from mnv3.model.builder import HEAD_LAYERS, build_from_config
+from mnv3.model.builder import HEAD_LAYERS
 from mnv3.model.saved import load_keras_file
 
 RUN_MODEL = "best.keras"  # what a run directory offers as its model
@@ -57,14 +57,12 @@ class Start:
                 f"{self.source.sha256[:12]}): {len(self.weights)} layers loaded{fresh}")
 
 
-def plan(cfg) -> Start:
-    """Reads `cfg.model.init_from` and matches it to the model `cfg` builds.
+def plan(cfg, task) -> Start:
+    """Reads `cfg.model.init_from` and matches it to the model `task` builds.
     Raises UserError (one line) for a missing, unreadable or mismatched source."""
-    from mnv3 import tasks
-
-    target = build_from_config(cfg, image_size=None)
+    target = task.build(cfg, image_size=None)
     source = read(cfg.model.init_from, cfg, target)
-    return match(target, source, cfg.model, tasks.get(cfg))
+    return match(target, source, cfg.model, task)
 
 
 def read(spec: str, cfg, target) -> Source:

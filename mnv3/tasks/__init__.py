@@ -1,27 +1,41 @@
-"""What the network is trained to do, as one unit per task: its model head, the
-data it reads (labels or masks), its loss and metrics, the metric that picks
-the best checkpoint, and how its exported files are scored and described.
+"""What the network is trained to do, one unit per task, each in two halves:
+the training half (model, data views and labels, loss, metrics, best metric,
+head layers; `Task`) and the export half (output range, float ops, metadata,
+scorecard, pictures, report sections; `TaskExport`).
 
-Data, trainer and export code ask the task; none of them branches on its name.
-A third task (detection) is a third module here.
+The engines (mnv3.training, mnv3.export) and the cli call `get(cfg)` once and
+pass the task down; parts (model, data, metrics, results, tflite) never import
+a task, and nothing here imports an engine.
+
+Adding a task (detection, say):
+1. `mnv3/tasks/detection.py`: `class Detection(Task)`, the training half;
+2. `mnv3/tasks/detection_export.py`: `class DetectionExport(TaskExport)`;
+3. one line in TASKS below (and the name among `task.name`'s choices in
+   mnv3.config, with its task-only keys marked there).
+The engines need no change: if one needs `if task.name == ...`, the seam is in
+the wrong place.
 """
 
 from __future__ import annotations
 
-from mnv3.tasks.base import Task
+from mnv3.tasks.base import Task, TaskExport
+from mnv3.tasks.classification import Classification
+from mnv3.tasks.classification_export import ClassificationExport
+from mnv3.tasks.segmentation import Segmentation
+from mnv3.tasks.segmentation_export import SegmentationExport
 
-
-import importlib
-
-# task.name -> the module and class that implement it (imported on first use).
-TASKS = {"classification": ("mnv3.tasks.classification", "Classification"),
-         "segmentation": ("mnv3.tasks.segmentation", "Segmentation")}
+# task.name -> (training half, export half)
+TASKS = {"classification": (Classification, ClassificationExport),
+         "segmentation": (Segmentation, SegmentationExport)}
 
 
 def get(cfg) -> Task:
-    """The task `cfg.task.name` selects, for this config."""
-    module, name = TASKS[cfg.task.name]
-    return getattr(importlib.import_module(module), name)(cfg)
+    """The task `cfg.task.name` selects, for this config, with its export half
+    joined as `task.export`."""
+    training, export = TASKS[cfg.task.name]
+    task = training(cfg)
+    task.export = export(task)
+    return task
 
 
-__all__ = ["TASKS", "Task", "get"]
+__all__ = ["TASKS", "Task", "TaskExport", "get"]

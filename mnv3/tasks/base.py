@@ -1,4 +1,6 @@
-"""The interface every task implements (see mnv3.tasks)."""
+"""What every task implements, in two halves (as Model Garden's `tasks/` and
+`serving/`): `Task`, what training needs, and `TaskExport`, what the export
+needs. `mnv3.tasks.get` builds both and joins them (`task.export`)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,13 @@ import numpy as np
 
 
 class Task:
+    """The training half: the model, the data's views and labels, the loss and
+    metrics, the metric that picks best.keras, the head that trains alone."""
+
     name: str
     best_metric: str  # the eval value that picks best.keras (higher is better)
     head_layers: tuple[str, ...]  # what trains while a pretrained backbone is frozen
-    description: str  # in each exported file's metadata, e.g. "image classifier"
-    headline: tuple  # the export table's figures: (row key, title, unit)
-    agreement: str  # the export table's title for agreement with Keras
+    export: "TaskExport"  # the export half, set by mnv3.tasks.get
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -25,7 +28,12 @@ class Task:
 
     # --- model ---
     def build(self, cfg, image_size=-1, **options):
-        """The Keras model; `options`: batch_size, include_rescaling, hard_swish."""
+        """The Keras model; `options`: name, batch_size, include_rescaling, hard_swish."""
+        raise NotImplementedError
+
+    def may_start_afresh(self, layer: str, ours, theirs) -> bool:
+        """model.init_from: whether our `layer` may start afresh where the source's
+        weights have other shapes (else the mismatch is refused)."""
         raise NotImplementedError
 
     # --- data ---
@@ -59,12 +67,23 @@ class Task:
     def metrics(self) -> list:
         raise NotImplementedError
 
-    # --- export ---
+
+class TaskExport:
+    """The export half: how an exported file of this task is quantized,
+    described (metadata), scored and reported. `task` is the training half."""
+
+    description: str  # in each exported file's metadata, e.g. "image classifier"
+    headline: tuple  # the export table's figures: (row key, title, unit)
+    agreement: str  # the export table's title for agreement with Keras
+    float_ops: tuple[str, ...] = ()  # op kinds an int8 file with float output keeps in float
+
+    def __init__(self, task: Task):
+        self.task = task
+        self.cfg = task.cfg
+
     def output_range(self):
         """A fixed (low, high) for the output's int8 range, or None to calibrate."""
         raise NotImplementedError
-
-    float_ops: tuple[str, ...] = ()  # op kinds an int8 file with float output keeps in float
 
     def output_shape(self) -> tuple[int, ...]:
         """One image's output shape, which each exported file must give."""
@@ -81,15 +100,10 @@ class Task:
         raise NotImplementedError
 
     def pictures(self, reference, out_dir: str, title: str) -> dict:
-        """Draws the report's own PNGs from the Keras scorecard (the pipeline adds
+        """Draws the report's own PNGs from the Keras scorecard (the engine adds
         the training curves); {what: file name}."""
         raise NotImplementedError
 
     def report_sections(self, report: dict) -> list[str]:
         """report.md's task-specific sections, as lines."""
-        raise NotImplementedError
-
-    def may_start_afresh(self, layer: str, ours, theirs) -> bool:
-        """model.init_from: whether our `layer` may start afresh where the source's
-        weights have other shapes (else the mismatch is refused)."""
         raise NotImplementedError

@@ -16,6 +16,8 @@ CIFAR-10 still evaluated at chance after 4 epochs). Both are in BENCHMARKS.md.
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -38,6 +40,16 @@ class Averages:
 
     def update(self) -> None:
         self._ema.apply(self.variables)
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """The averages in the model's variables for the duration (evaluation,
+        saving); the live weights are back afterwards, whatever happens."""
+        self.swap_in()
+        try:
+            yield
+        finally:
+            self.swap_out()
 
     def swap_in(self) -> None:
         self._exchange()

@@ -1,4 +1,5 @@
-"""tf.distribute strategies from `runtime.strategy`, and who writes files."""
+"""tf.distribute strategies from `runtime.strategy`, how data reaches their
+replicas, and who writes files."""
 
 from __future__ import annotations
 
@@ -41,3 +42,13 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def distribute(strategy: tf.distribute.Strategy, ds: tf.data.Dataset):
+    """`ds` split across the strategy's replicas."""
+    options = tf.data.Options()
+    # Sources read files inside map(), so sharding by file cannot work; every
+    # worker builds the same seeded stream and keeps its share of elements.
+    options.experimental_distribute.auto_shard_policy = \
+        tf.data.experimental.AutoShardPolicy.DATA
+    return strategy.experimental_distribute_dataset(ds.with_options(options))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mnv3.export.analysis import focus_classes
+from mnv3.results.analysis import focus_classes
 
 # Beyond this many classes a full matrix is unreadable at any size; the picture
 # shows the classes most involved in confusions (report.json has every count).

@@ -110,13 +110,12 @@ def _metadata(name: str, description: str, mean: float, std: float,
 
 
 def add_metadata(tflite: bytes, *, name: str, description: str, labels: list[str],
-                 mean: float, std: float, output: md.TensorMetadataT | None = None,
+                 mean: float, std: float, output: md.TensorMetadataT,
                  custom: list = ()) -> bytes:
     """`tflite` with metadata inside and labels.txt appended as a zip (the TFLite
     metadata format: the model stays a valid flatbuffer and a valid zip).
-    `output`: the output tensor's metadata (default: a classifier's scores);
+    `output`: the output tensor's metadata (classifier_output, segmenter_output);
     `custom`: the subgraph's custom metadata entries."""
-    output = output or classifier_output(len(labels))
     model = tfl.ModelT.InitFromObj(tfl.Model.GetRootAsModel(tflite, 0))
     buffer = tfl.BufferT()
     buffer.data = np.frombuffer(_metadata(name, description, mean, std, output, custom),

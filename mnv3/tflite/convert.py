@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from mnv3 import tf_internals
 from mnv3.errors import UserError, first_line
-from mnv3.export import calibrate, rewrite
-from mnv3.export.modes import Mode
+from mnv3.tflite import calibrate, rewrite
+from mnv3.tflite.modes import Mode
 from mnv3.native_output import captured_stderr
 
 SIGNATURE = "serving_default"
@@ -38,8 +38,8 @@ def _saved_model(model: keras.Model, directory: str) -> None:
 
 def convert(model: keras.Model, mode: Mode, samples: Sequence[np.ndarray] = (),
             percentile: float = 100.0,
-            output_range: tuple[float, float] | None = calibrate.PROBABILITY_RANGE,
-            float_ops: Sequence[str] = ("SOFTMAX",),
+            output_range: tuple[float, float] | None = None,
+            float_ops: Sequence[str] = (),
             float_layers: Sequence[str] = ()) -> bytes:
     """The .tflite bytes of `model` in `mode`. An integer mode calibrates on
     `samples` (model inputs, batch 1), with activation ranges at `percentile`,

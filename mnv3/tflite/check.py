@@ -2,7 +2,7 @@
 published: a model with broken quantization can crash the interpreter (a
 segfault or an abort), and that must fail the export, not the user's app.
 
-    python -m mnv3.export.check MODEL.tflite IMAGES.npy 1000  # exit 0: it runs
+    python -m mnv3.tflite.check MODEL.tflite IMAGES.npy 1000  # exit 0: it runs
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import tempfile
 import numpy as np
 
 from mnv3.errors import UserError
+from mnv3.tflite.evaluate import TFLiteModel
 
 
 def check_out_of_process(path: str, images: np.ndarray, shape: tuple[int, ...]) -> None:
@@ -28,7 +29,7 @@ def check_out_of_process(path: str, images: np.ndarray, shape: tuple[int, ...]) 
         env = {**os.environ,
                "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
         result = subprocess.run(
-            [sys.executable, "-m", "mnv3.export.check", os.path.abspath(path), f.name,
+            [sys.executable, "-m", "mnv3.tflite.check", os.path.abspath(path), f.name,
              "x".join(map(str, shape))], capture_output=True, text=True, env=env, timeout=600)
     name = os.path.basename(path)
     if result.returncode < 0:
@@ -41,8 +42,6 @@ def check_out_of_process(path: str, images: np.ndarray, shape: tuple[int, ...]) 
 
 
 def main(argv) -> int:
-    from mnv3.export.evaluate import TFLiteModel
-
     path, images_path = argv[0], argv[1]
     shape = tuple(int(n) for n in argv[2].split("x"))
     with open(path, "rb") as f:

@@ -13,12 +13,12 @@ rebuilt for batch 1 and a static size, with two int8-only rewrites that keep wha
 
 from __future__ import annotations
 
+from typing import Callable
+
 import keras
 from keras import layers
 
-from mnv3.config import Config
-from mnv3.export.modes import Mode
-from mnv3 import tasks
+from mnv3.tflite.modes import Mode
 from mnv3.model.builder import INT8_FLOAT_LAYERS
 from mnv3.tf_internals import producer
 
@@ -81,13 +81,16 @@ def _output_scales(model: keras.Model, hard_swish: TimesSixHardSwish) -> tuple[d
     return kernel_input_scale, bn_factor
 
 
-def export_graph(trained: keras.Model, cfg: Config, mode: Mode) -> keras.Model:
+def export_graph(trained: keras.Model, build: Callable[..., keras.Model],
+                 mode: Mode) -> keras.Model:
     """A batch-1 copy of `trained` (same weights) for `mode`: an integer mode gets
-    the int8 rewrites, and an integer input leaves the input scaling out."""
+    the int8 rewrites, and an integer input leaves the input scaling out.
+    `build(**options)` builds the task's network (options: name, batch_size,
+    include_rescaling, hard_swish), as it built `trained`."""
     hard_swish = TimesSixHardSwish() if mode.integer else None
     options = {"hard_swish": hard_swish} if hard_swish else {}
-    model = tasks.get(cfg).build(cfg, name=trained.name, batch_size=1,
-                                 include_rescaling=not mode.quantized_input, **options)
+    model = build(name=trained.name, batch_size=1,
+                  include_rescaling=not mode.quantized_input, **options)
     kernel_input_scale, bn_factor = _output_scales(model, hard_swish) if hard_swish \
         else ({}, {})
     for layer in model.layers:

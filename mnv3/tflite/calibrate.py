@@ -29,12 +29,9 @@ import tensorflow as tf
 
 from mnv3 import tf_internals
 from mnv3.errors import UserError
-from mnv3.export.modes import Mode
+from mnv3.tflite.modes import Mode
 
 IO_TYPES = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}
-
-# A softmax output's range: fixed, not calibrated.
-PROBABILITY_RANGE = (0.0, 1.0)
 
 
 class Tails:
@@ -90,7 +87,7 @@ def record_ranges(float_model: bytes, tensors: Sequence[int], samples: Sequence[
 
 def int8_model(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarray],
                percentile: float, mode: Mode,
-               output_range: tuple[float, float] | None = PROBABILITY_RANGE,
+               output_range: tuple[float, float] | None = None,
                warnings: list[str] | None = None,
                float_ops: Sequence[str] = ("SOFTMAX",),
                float_layers: Sequence[str] = ()) -> bytes:

@@ -1,0 +1,46 @@
+"""The export report: report.json (every figure), report.md (the same as a page,
+with the pictures), and the summary table on stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from mnv3.files import write_atomically
+
+
+def format_table(report: dict) -> str:
+    """The summary: one row per model, with the task's headline figures
+    (report["headline"]: [key, title, unit]; "%" figures are shares)."""
+    headline, agreement = report["headline"], report["agreement"]
+    lines = [f"{report['model']}: {report['eval_images']} eval images, latency with "
+             f"{report['threads']} thread(s), batch 1", "",
+             "| mode | file | size (MB) | " + " | ".join(t for _, t, _ in headline)
+             + f" | {agreement} | latency (ms) |",
+             "| --- | --- | ---: | " + " | ".join("---:" for _ in headline)
+             + " | ---: | ---: |"]
+    for r in report["rows"]:
+        latency = "" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}"
+        figures = " | ".join(f"{100 * r[key]:.2f}{unit}" for key, _, unit in headline)
+        lines.append(f"| {r['mode']} | {r['file']} | {r['size_mb']:.2f} | {figures} | "
+                     f"{100 * r['agreement']:.2f}% | {latency} |")
+    return "\n".join(lines)
+
+
+def percent(value) -> str:
+    return "" if value is None else f"{100 * value:.1f}%"
+
+
+def format_markdown(report: dict, sections: list[str]) -> str:
+    """report.md: the summary table, the training curves, then the task's own
+    `sections` (lines)."""
+    pictures = report.get("pictures", {})
+    lines = [f"# Export report: {report['model']}", "", format_table(report), ""]
+    if "curves" in pictures:
+        lines += ["## Training", "", f"![training curves]({pictures['curves']})", ""]
+    return "\n".join(lines + sections) + "\n"
+
+
+def write_report(report: dict, out_dir: str, sections: list[str]) -> None:
+    write_atomically(os.path.join(out_dir, "report.json"), json.dumps(report, indent=1))
+    write_atomically(os.path.join(out_dir, "report.md"), format_markdown(report, sections))

@@ -1,0 +1,38 @@
+"""Fine-tuning phases: the pretrained backbone frozen for the first
+train.freeze_backbone_epochs while the task's head trains, then the whole
+network. A frozen Keras BatchNorm runs in inference mode, so small batches of
+new data leave its pretrained statistics alone."""
+
+from __future__ import annotations
+
+from mnv3.console import say
+
+
+def backbone_variables(model, head_layers) -> list:
+    return [v for layer in model.layers if layer.name not in head_layers
+            for v in layer.trainable_weights]
+
+
+class Phases:
+    def __init__(self, model, head_layers: tuple[str, ...], freeze_epochs: int):
+        self.model, self.head_layers, self.freeze_epochs = model, head_layers, freeze_epochs
+        self._frozen = None
+
+    def enter(self, epoch: int) -> bool:
+        """Sets which layers train in `epoch`; True when that changed (the
+        training step must then be traced anew)."""
+        if not self.freeze_epochs:
+            return False
+        frozen = epoch < self.freeze_epochs
+        if frozen == self._frozen:
+            return False
+        for layer in self.model.layers:
+            if layer.name not in self.head_layers:
+                layer.trainable = not frozen
+        self._frozen = frozen
+        if frozen:
+            say(f"epochs {epoch + 1}-{self.freeze_epochs}: only the head "
+                f"({', '.join(self.head_layers)}) trains; the backbone is frozen")
+        else:
+            say(f"epoch {epoch + 1} on: the whole network trains")
+        return True
