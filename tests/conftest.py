@@ -12,6 +12,13 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
+# The caller's shell must not change what the tests see: TensorFlow's C++ log
+# level (TF_CPP_MIN_LOG_LEVEL=2 is common) decides which native lines a command
+# prints, and tests check what reaches the user. Cleared before TensorFlow loads
+# here or in any process the tests start.
+for _name in ("TF_CPP_MIN_LOG_LEVEL", "TF_CPP_MAX_VLOG_LEVEL", "TF_CPP_VMODULE"):
+    os.environ.pop(_name, None)
+
 # Under pytest-xdist, N workers share the cores: one TensorFlow compute thread
 # each (and in the processes they start) rather than N pools fighting over them.
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:

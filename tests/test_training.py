@@ -124,20 +124,6 @@ def _fitted_trainer(tmp_path, cfg, pipeline=None):
 
 
 @pytest.mark.slow
-def test_ema_weights_are_evaluated_and_saved(tmp_path):
-    cfg = tiny_cfg("train.epochs=1", "data.synthetic_images=320", "train.ema_decay=0.9999")
-    trainer, run_dir = _fitted_trainer(tmp_path, cfg)
-    images = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32")
-    raw = trainer.model(images, training=False).numpy()
-    saved = keras.saving.load_model(run_dir.best_model)(images, training=False).numpy()
-    assert not np.allclose(raw, saved, atol=1e-4)  # best.keras holds other weights...
-    trainer.ema.swap_in()
-    np.testing.assert_allclose(trainer.model(images, training=False).numpy(), saved,
-                               atol=1e-5)  # ...the moving averages
-    trainer.ema.swap_out()
-    np.testing.assert_allclose(trainer.model(images, training=False).numpy(), raw, atol=1e-6)
-
-
 def test_eval_every_epochs_evaluates_on_its_epochs_and_the_last(tmp_path):
     from mnv3.results.plots import curves_png
 
@@ -340,17 +326,28 @@ def test_several_steps_per_call_keep_logs_checkpoints_and_the_non_finite_stop(tm
 
 
 @pytest.mark.slow
-def test_ema_averages_batchnorm_statistics_with_the_weights(tmp_path):
+def test_ema_averages_weights_and_batchnorm_statistics_and_is_what_is_saved(tmp_path):
     """The weight averages cover BatchNorm's moving statistics too (Keras'
     optimiser EMA leaves them out), warm up with the step (so early averages
     are not the random start), are checkpointed, and are what best.keras holds
-    and evaluation uses: at EMA 0.999 over 300 steps the averaged model learns
-    like the raw one (Keras' EMA stayed at chance, BENCHMARKS.md)."""
-    run(tiny_cfg(*LEARN, "train.ema_decay=0.999"), str(tmp_path / "ema"))
-    records = read_metrics(tmp_path / "ema")
+    and evaluation uses, while training goes on with the raw weights: at EMA
+    0.999 over 300 steps the averaged model learns like the raw one (Keras' EMA
+    stayed at chance, BENCHMARKS.md)."""
+    trainer, run_dir = _fitted_trainer(tmp_path, tiny_cfg(*LEARN, "train.ema_decay=0.999"))
+    records = read_metrics(run_dir.path)
     assert records[-1]["eval_top1"] > 0.3  # chance is 0.1
-    reader = tf.train.load_checkpoint(str(tmp_path / "ema" / "checkpoints"))
-    best = keras.models.load_model(str(tmp_path / "ema" / "best.keras"))
+    last_is_best = records[-1]["eval_top1"] == max(r["eval_top1"] for r in records)
+    # The live model keeps the raw weights; the averages are swapped in and out.
+    images = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    raw = trainer.model(images, training=False).numpy()
+    with trainer.ema.averaged():
+        averaged = trainer.model(images, training=False).numpy()
+    np.testing.assert_allclose(trainer.model(images, training=False).numpy(), raw, atol=1e-6)
+    assert not np.allclose(raw, averaged, atol=1e-4)
+    best = keras.models.load_model(run_dir.best_model)
+    if last_is_best:  # best.keras is the last epoch's: the averages
+        np.testing.assert_allclose(best(images, training=False).numpy(), averaged, atol=1e-5)
+    reader = tf.train.load_checkpoint(run_dir.checkpoints)
     statistics = [v for layer in best.layers
                   if isinstance(layer, keras.layers.BatchNormalization)
                   for v in (layer.moving_mean, layer.moving_variance)]
@@ -358,8 +355,8 @@ def test_ema_averages_batchnorm_statistics_with_the_weights(tmp_path):
     averages = [reader.get_tensor(f"ema_averages/{i}/.ATTRIBUTES/VARIABLE_VALUE")
                 for i in range(len(held))]
     assert len(statistics) > 50
-    if records[-1]["eval_top1"] == max(r["eval_top1"] for r in records):
-        for value, average in zip(held, averages):  # best.keras is the last epoch's
+    if last_is_best:  # BatchNorm statistics included
+        for value, average in zip(held, averages):
             np.testing.assert_allclose(value.numpy(), average, rtol=1e-6, atol=1e-7)
     # The checkpoint's live model keeps its raw statistics: the averages differ.
     live = [reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
