@@ -230,10 +230,8 @@ def test_synthetic_is_balanced_and_deterministic():
 def test_tfrecord_converter_and_reader(tmp_path):
     root = make_folder(tmp_path / "imgs", per_class=5)
     out = tmp_path / "records"
-    from mnv3.data import tfrecord
-
     result = call_cli(cli.tfrecord, "--src", str(root), "--out", str(out),
-                     "--shards", "4")
+                      "--shards", "4")
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(os.listdir(out)) == ["counts.json", "labels.txt"] + [
         f"train-{i:05d}-of-00004" for i in range(4)]
