@@ -179,7 +179,61 @@ def test_a_missing_mask_is_named(tmp_path):
 
 def test_a_colour_mask_is_refused(tmp_path):
     data = write_pairs(tmp_path / "data", mask_mode="RGB")
-    assert_one_line_error(train_seg(tmp_path / "run", data), "a RGB PNG", "single-channel")
+    assert_one_line_error(train_seg(tmp_path / "run", data), "a RGB PNG",
+                          "one class index per pixel")
+
+
+def _palette_masks(data):
+    """Rewrites each mask as a palette PNG whose colours are not its indices (as
+    Pascal VOC's are): index i is drawn in grey level 40 * i + 3."""
+    from PIL import Image
+
+    for path in sorted((data / "masks").iterdir()):
+        indices = np.asarray(Image.open(path))
+        palette = Image.fromarray(indices, mode="P")
+        palette.putpalette([(40 * i + 3) % 256 for i in range(256) for _ in range(3)])
+        palette.save(path)
+        assert Image.open(path).mode == "P"
+
+
+def test_palette_masks_give_their_indices_not_their_colours(tmp_path):
+    from PIL import Image
+
+    data = write_pairs(tmp_path / "data")
+    wanted = [np.asarray(Image.open(p)) for p in sorted((data / "masks").iterdir())]
+    _palette_masks(data)
+    cfg = config_lib.load(QUICKSTART, [*TINY_SEG, "data.source=folder",
+                                       f"data.train_dir={data}", "data.num_classes=3",
+                                       "data.image_size=32", "data.val_fraction=0.5"])
+    source = tasks.get(cfg).load_source(seed=0)
+    got = {}
+    for split in (source.train, source.eval):
+        masks = split.paths[split.size:]
+        for name, (_, mask) in zip(masks, split.make(None)):
+            got[os.path.basename(name)] = mask.numpy()[..., 0]
+    assert len(got) == 6
+    for i, mask in enumerate(wanted):
+        np.testing.assert_array_equal(got[f"f{i}.png"], mask)
+
+
+def test_a_jpeg_named_png_is_not_a_mask(tmp_path):
+    from PIL import Image
+
+    data = write_pairs(tmp_path / "data")
+    Image.open(data / "masks" / "f1.png").convert("L").save(data / "masks" / "f1.png",
+                                                            format="JPEG")
+    assert_one_line_error(train_seg(tmp_path / "run", data), "f1.png: a JPEG file",
+                          "lossless PNG")
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_two_images_sharing_a_mask_are_refused(tmp_path):
+    import shutil
+
+    data = write_pairs(tmp_path / "data")
+    shutil.copy(data / "images" / "f0.png", data / "images" / "f0.jpg")
+    assert_one_line_error(train_seg(tmp_path / "run", data), "f0.jpg", "f0.png",
+                          "share the name 'f0'")
 
 
 def test_a_mask_of_another_size_is_refused(tmp_path):
@@ -195,10 +249,13 @@ def test_a_mask_value_beyond_the_classes_stops_training(tmp_path):
     from PIL import Image
 
     data = write_pairs(tmp_path / "data")
-    for i in range(6):  # 7 is neither a class (0..2) nor ignore_index (255)
-        Image.fromarray(np.full((24, 32), 7, np.uint8)).save(data / "masks" / f"f{i}.png")
-    assert_one_line_error(train_seg(tmp_path / "run", data), "mask value",
-                          "data.num_classes is 3", "data.ignore_index 255")
+    # 7 is neither a class (0..2) nor ignore_index (255); one mask holds it.
+    mask = np.zeros((24, 32), np.uint8)
+    mask[5, 6] = 7
+    Image.fromarray(mask).save(data / "masks" / "f4.png")
+    result = train_seg(tmp_path / "run", data)
+    assert_one_line_error(result, "mask value", "data.num_classes is 3",
+                          "data.ignore_index 255", "masks/f", ".png: holds 7")
 
 
 @pytest.mark.parametrize("override, fragments", [

@@ -5,7 +5,9 @@ the pipeline with one of the messages below, which `user_errors_from_data`
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 LABEL_RANGE_MESSAGE = "a label is outside 0..data.num_classes-1"
 MASK_RANGE_MESSAGE = "a mask value is neither a class (0..data.num_classes-1) nor " \
@@ -28,3 +30,15 @@ def checked_mask(image, mask, num_classes: int, ignore_index: int):
     valid = tf.reduce_all((mask < num_classes) | (mask == ignore_index))
     with tf.control_dependencies([tf.debugging.Assert(valid, [MASK_RANGE_MESSAGE])]):
         return image, tf.cast(mask, tf.int32)
+
+
+def first_mask_out_of_range(paths, num_classes: int, ignore_index: int):
+    """(mask file, its first bad value) for the first mask holding a value that is
+    neither a class nor ignore_index, or None (read whole: call after a failure)."""
+    for path in paths:
+        with Image.open(path) as mask:
+            values = np.unique(np.asarray(mask))
+        bad = values[(values >= num_classes) & (values != ignore_index)]
+        if bad.size:
+            return path, int(bad[0])
+    return None

@@ -15,9 +15,11 @@ index must never be blended.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from mnv3.config import DataConfig
 from mnv3.data import classes, synthetic
@@ -27,8 +29,14 @@ from mnv3.data.sources import Source, Split, holdout
 from mnv3.errors import UserError
 
 
-def list_pairs(root: str, strict: bool) -> tuple[list[str], list[str]]:
-    """(image paths, mask paths) under root/images and root/masks, by file stem."""
+class Pairs(NamedTuple):
+    images: list[str]
+    masks: list[str]
+    palette: list[bool]  # a palette PNG (mode P): its indices are the classes
+
+
+def list_pairs(root: str, strict: bool) -> Pairs:
+    """Image and mask paths under root/images and root/masks, by file stem."""
     images_dir, masks_dir = os.path.join(root, "images"), os.path.join(root, "masks")
     for folder in (root, images_dir, masks_dir):
         if not os.path.isdir(folder):
@@ -36,15 +44,19 @@ def list_pairs(root: str, strict: bool) -> tuple[list[str], list[str]]:
                             f"{root}/images/<name>.jpg with {root}/masks/<name>.png)")
     masks = {os.path.splitext(f)[0]: os.path.join(masks_dir, f)
              for f in sorted(os.listdir(masks_dir)) if f.lower().endswith(".png")}
-    images, paired = [], []
+    images, paired, seen = [], [], {}
     for name in sorted(os.listdir(images_dir)):
         stem, ext = os.path.splitext(name)
         if name.startswith(".") or ext.lower() not in IMAGE_EXTENSIONS:
             continue
+        path = os.path.join(images_dir, name)
         if stem not in masks:
-            raise UserError(f"{os.path.join(images_dir, name)}: no mask "
-                            f"{os.path.join(masks_dir, stem + '.png')}")
-        images.append(os.path.join(images_dir, name))
+            raise UserError(f"{path}: no mask {os.path.join(masks_dir, stem + '.png')}")
+        if stem in seen:  # f0.jpg and f0.png: which one does masks/f0.png label?
+            raise UserError(f"{seen[stem]} and {path}: two images share the name {stem!r}, "
+                            f"so {masks[stem]} would label both; rename or remove one")
+        seen[stem] = path
+        images.append(path)
         paired.append(masks[stem])
     if not images:
         raise UserError(f"{images_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})")
@@ -53,37 +65,55 @@ def list_pairs(root: str, strict: bool) -> tuple[list[str], list[str]]:
     kept = [(i, m) for (i, m), ok in zip(zip(images, paired), readable) if ok]
     if not kept:
         raise UserError(f"{root}: none of the {len(images)} image/mask pairs can be read")
-    for image, mask in kept:
-        _check_mask(image, mask)
-    return [i for i, _ in kept], [m for _, m in kept]
+    palette = [_check_mask(image, mask) == "P" for image, mask in kept]
+    return Pairs([i for i, _ in kept], [m for _, m in kept], palette)
 
 
-def _check_mask(image: str, mask: str) -> None:
-    """A mask must be one channel of class indices, the size of its image (PIL
-    reads only the headers here)."""
-    from PIL import Image
-
+def _check_mask(image: str, mask: str) -> str:
+    """A mask must be a PNG (lossless: JPEG's artefacts would be class ids) of one
+    class index per pixel, greyscale (mode L) or palette (mode P: the index, not
+    its colour), the size of its image. PIL reads only the headers here; returns
+    the mode."""
     try:
         with Image.open(mask) as m, Image.open(image) as i:
-            mode, mask_size, image_size = m.mode, m.size, i.size
+            kind, mode, mask_size, image_size = m.format, m.mode, m.size, i.size
     except OSError as e:
         raise UserError(f"{mask}: cannot be read ({e})") from None
-    if mode != "L":
-        raise UserError(f"{mask}: a {mode} PNG; a mask must be single-channel (greyscale, "
-                        "mode L) with one class index per pixel")
+    if kind != "PNG":
+        raise UserError(f"{mask}: a {kind} file, not a PNG; a mask must be a lossless PNG "
+                        "(lossy compression turns edges into other class ids)")
+    if mode not in ("L", "P"):
+        raise UserError(f"{mask}: a {mode} PNG; a mask must hold one class index per "
+                        "pixel: greyscale (mode L) or palette (mode P)")
     if mask_size != image_size:
         raise UserError(f"{mask}: {mask_size[0]}x{mask_size[1]}, but its image {image} is "
                         f"{image_size[0]}x{image_size[1]}")
+    return mode
 
 
-def _pair_split(images: list[str], masks: list[str]) -> Split:
+def palette_indices(path: bytes) -> np.ndarray:
+    """A palette PNG's indices (HxWx1 uint8): TensorFlow's PNG decoder would give
+    the palette's colours as grey levels."""
+    with Image.open(path.decode()) as mask:
+        return np.asarray(mask, dtype=np.uint8)[..., None]
+
+
+def _read_mask(path, palette):
+    """The mask file at `path` as HxWx1 uint8 class indices."""
+    indices = tf.cond(
+        palette, lambda: tf.numpy_function(palette_indices, [path], tf.uint8, stateful=False),
+        lambda: tf.io.decode_png(tf.io.read_file(path), channels=1))
+    return tf.ensure_shape(indices, [None, None, 1])
+
+
+def _pair_split(pairs: Pairs) -> Split:
     def make(seed):
-        ds = tf.data.Dataset.from_tensor_slices((images, masks))
+        ds = tf.data.Dataset.from_tensor_slices(tuple(pairs))
         if seed is not None:
-            ds = ds.shuffle(len(images), seed=seed)
-        return ds.map(lambda i, m: (tf.io.read_file(i), tf.io.read_file(m)),
+            ds = ds.shuffle(len(pairs.images), seed=seed)
+        return ds.map(lambda i, m, p: (tf.io.read_file(i), _read_mask(m, p)),
                       num_parallel_calls=tf.data.AUTOTUNE)
-    return Split(make, len(images), [*images, *masks])
+    return Split(make, len(pairs.images), [*pairs.images, *pairs.masks], pairs.masks)
 
 
 def _array_split(images: np.ndarray, masks: np.ndarray) -> Split:
@@ -105,18 +135,18 @@ def load_source(cfg: DataConfig, seed: int = 0) -> Source:
         return Source(_array_split(images[train], masks[train]),
                       _array_split(images[held], masks[held]), list(names))
 
-    images, masks = list_pairs(cfg.train_dir, cfg.strict)
+    pairs = list_pairs(cfg.train_dir, cfg.strict)
     # Masks hold indices; data.classes (a file, one name per line) names them.
     fixed = classes.load(cfg.classes, cfg.num_classes)
     names = fixed[1] if fixed else [f"class_{i}" for i in range(cfg.num_classes)]
     if cfg.eval_dir:
-        return Source(_pair_split(images, masks),
-                      _pair_split(*list_pairs(cfg.eval_dir, cfg.strict)), names)
-    train, held = holdout(np.zeros(len(images)), cfg.val_fraction)
+        return Source(_pair_split(pairs),
+                      _pair_split(list_pairs(cfg.eval_dir, cfg.strict)), names)
+    train, held = holdout(np.zeros(len(pairs.images)), cfg.val_fraction)
     if len(train) == 0:
         raise UserError(f"{cfg.train_dir}: too few images to hold out a validation split")
-    pick = lambda idx: ([images[i] for i in idx], [masks[i] for i in idx])
-    return Source(_pair_split(*pick(train)), _pair_split(*pick(held)), names)
+    pick = lambda idx: Pairs(*([column[i] for i in idx] for column in pairs))
+    return Source(_pair_split(pick(train)), _pair_split(pick(held)), names)
 
 
 # --- per-example views (tf.data map functions) ---------------------------------------

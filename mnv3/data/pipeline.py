@@ -17,7 +17,8 @@ import tensorflow as tf
 
 from mnv3.config import Config, DataConfig
 from mnv3.data.folder import first_undecodable
-from mnv3.data.labels import LABEL_RANGE_MESSAGE, MASK_RANGE_MESSAGE
+from mnv3.data.labels import (LABEL_RANGE_MESSAGE, MASK_RANGE_MESSAGE,
+                              first_mask_out_of_range)
 from mnv3.data.sources import HOLDOUT_SEED, Source
 from mnv3.errors import UserError, first_line
 
@@ -165,9 +166,13 @@ def user_errors_from_data(pipeline: Pipeline):
                             f"{pipeline.cfg.data.num_classes}; for TFRecords check "
                             "data.label_offset)") from None
         if MASK_RANGE_MESSAGE in str(e):
-            raise UserError(f"{MASK_RANGE_MESSAGE} (data.num_classes is "
-                            f"{pipeline.cfg.data.num_classes}, data.ignore_index "
-                            f"{pipeline.cfg.data.ignore_index})") from None
+            d, source = pipeline.cfg.data, pipeline.source
+            found = first_mask_out_of_range(
+                [*source.train.label_files, *source.eval.label_files],
+                d.num_classes, d.ignore_index)
+            where = f"{found[0]}: holds {found[1]}; " if found else ""
+            raise UserError(f"{where}{MASK_RANGE_MESSAGE} (data.num_classes is "
+                            f"{d.num_classes}, data.ignore_index {d.ignore_index})") from None
         reason = first_line(e)
         print("an image failed to decode; looking for the file...", file=sys.stderr,
               flush=True)

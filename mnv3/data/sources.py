@@ -24,6 +24,7 @@ class Split(NamedTuple):
     make: Callable[[int | None], tf.data.Dataset]  # shuffle seed (None: file order)
     size: int
     paths: Sequence[str] = ()  # image files, when the split reads files (to name a bad one)
+    label_files: Sequence[str] = ()  # mask files, for segmentation (to name a bad one)
 
 
 class Source(NamedTuple):
