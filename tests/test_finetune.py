@@ -253,6 +253,74 @@ def test_keras_weights_file_must_match_the_config_exactly(tmp_path):
         plan_start(tiny_cfg(f"model.init_from={path}", "model.alpha=0.5"))
 
 
+def _run_like(directory, cfg, poison=None):
+    """A run directory holding only best.keras, saved as training saves it
+    (Keras' own BatchNorm); `poison`: a layer whose weights become NaN."""
+    from mnv3.model.layers import with_keras_batch_norm
+
+    task = tasks.get(cfg)
+    model = with_keras_batch_norm(task.build(cfg), task.input_size)
+    if poison:
+        layer = model.get_layer(poison)
+        layer.set_weights([np.full_like(w, np.nan) for w in layer.get_weights()])
+    os.makedirs(directory)
+    model.save(os.path.join(directory, "best.keras"))
+    return str(directory), model
+
+
+def test_a_weights_file_saved_from_a_runs_best_keras_loads(tmp_path):
+    """`model.save_weights` of a run's best.keras (Keras' own BatchNorm), the
+    ordinary way to keep only the weights, starts a run of the same config."""
+    directory, _ = _run_like(tmp_path / "run", tiny_cfg())
+    best = keras.saving.load_model(os.path.join(directory, "best.keras"))
+    path = str(tmp_path / "best.weights.h5")
+    best.save_weights(path)
+    start = plan_start(tiny_cfg(f"model.init_from={path}"))
+    assert start.fresh == [] and start.weights
+    for layer in best.layers:
+        for saved, read in zip(layer.get_weights(), start.weights.get(layer.name, [])):
+            np.testing.assert_array_equal(saved, read)
+
+
+def test_a_segmenter_source_says_what_it_is_and_what_loads(tmp_path):
+    seg = ["task.name=segmentation", "data.num_classes=3"]
+    halved, _ = _run_like(tmp_path / "halved", tiny_cfg(*seg))
+    with pytest.raises(UserError) as error:
+        plan_start(tiny_cfg(f"model.init_from={halved}"))
+    message = str(error.value)
+    assert "a segmenter whose last stage has half its channels" in message
+    assert "task.reduced_tail: false" in message and "check model.variant" not in message
+    # Trained without the halved tail, its backbone starts a classifier whole.
+    whole, segmenter = _run_like(tmp_path / "whole", tiny_cfg(*seg, "task.reduced_tail=false"))
+    start = plan_start(tiny_cfg(f"model.init_from={whole}"))
+    assert set(start.fresh) == {"head_fc", "logits"}
+    np.testing.assert_array_equal(start.weights["head_conv"][0],
+                                  segmenter.get_layer("head_conv").get_weights()[0])
+
+
+def test_a_non_finite_source_is_named_and_nothing_is_written(tmp_path):
+    directory, _ = _run_like(tmp_path / "source", tiny_cfg(), poison="block2_expand")
+    model_dir = tmp_path / "run"
+    result = call_cli(cli.train, "--config", "configs/quickstart.yaml", "--model_dir",
+                      str(model_dir), *[a for item in TINY + [f"model.init_from={directory}"]
+                                        for a in ("--set", item)])
+    assert_one_line_error(result, "'block2_expand' holds non-finite values", "best.keras")
+    assert "diverged" not in result.stderr and not model_dir.exists()
+
+
+def test_a_source_that_is_not_a_regular_file_is_refused(tmp_path):
+    """A FIFO (or a device) named as weights would block the reader forever."""
+    fifo = str(tmp_path / "weights.keras")
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="not a regular file"):
+        plan_start(tiny_cfg(f"model.init_from={fifo}"))
+    run = tmp_path / "run"
+    os.makedirs(run)
+    os.mkfifo(run / "best.keras")
+    with pytest.raises(UserError, match="best.keras: not a regular file"):
+        plan_start(tiny_cfg(f"model.init_from={run}"))
+
+
 def test_backbone_lr_scale_scales_the_step_and_the_decay():
     def one_step(weight_decay, grad):
         cfg = TrainConfig(optimizer="adamw", schedule="constant", warmup_epochs=0,

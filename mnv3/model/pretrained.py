@@ -20,6 +20,8 @@ import numpy as np
 from mnv3 import published
 from mnv3.errors import UserError, first_line
 from mnv3.model.builder import HEAD_LAYERS
+from mnv3.model.layers import with_keras_batch_norm
+from mnv3.model.lraspp import HEAD_LAYERS as SEGMENTER_HEAD
 from mnv3.model.saved import load_keras_file
 
 RUN_MODEL = "best.keras"  # what a run directory offers as its model
@@ -59,10 +61,22 @@ class Start:
 
 def plan(cfg, task) -> Start:
     """Reads `cfg.model.init_from` and matches it to the model `task` builds.
-    Raises UserError (one line) for a missing, unreadable or mismatched source."""
+    Raises UserError (one line) for a missing, unreadable, non-finite or
+    mismatched source."""
     target = task.build(cfg, image_size=None)
     source = read(cfg.model.init_from, cfg, target)
+    _refuse_non_finite(source)
     return match(target, source, cfg.model, task)
+
+
+def _refuse_non_finite(source: Source) -> None:
+    """NaN or inf in a source is the source's fault, not the learning rate's:
+    named before anything is written."""
+    for name, arrays in source.layers:
+        if not all(np.all(np.isfinite(a)) for a in arrays):
+            raise UserError(f"model.init_from: {source.spec}: layer {name!r} holds "
+                            f"non-finite values (NaN or inf) in {source.path}; these "
+                            "weights cannot start a run")
 
 
 def read(spec: str, cfg, target) -> Source:
@@ -77,9 +91,12 @@ def read(spec: str, cfg, target) -> Source:
     path = spec
     if os.path.isdir(spec):
         path = os.path.join(spec, RUN_MODEL)
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise UserError(f"model.init_from: {spec}: a directory without {RUN_MODEL}; "
                             "expected a run directory that has finished an epoch")
+    if not os.path.isfile(path):  # a FIFO or a device would block the reader
+        raise UserError(f"model.init_from: {path}: not a regular file (expected a weights "
+                        "file or a run directory)")
     if path.endswith(".keras"):
         layers = _read_keras_model(path)
     elif path.endswith(".weights.h5"):
@@ -102,6 +119,10 @@ def match(model, source: Source, model_cfg, task) -> Start:
             for layer in model.layers if layer.weights]
     body = [o for o in ours if o[0] not in task.head_layers]
     theirs = source.layers
+    from_segmenter = task.head_layers != SEGMENTER_HEAD and \
+        any(name in SEGMENTER_HEAD for name, _ in theirs)
+    if from_segmenter:  # an LR-ASPP head is no use to another task: its backbone is
+        theirs = [layer for layer in theirs if layer[0] not in SEGMENTER_HEAD]
     fits = len(theirs) in (len(ours), len(body), len(body) + len(HEAD_LAYERS))
     if len(theirs) == len(ours) or task.head_layers == HEAD_LAYERS:
         paired = ours  # the same task's model: its head too
@@ -114,6 +135,14 @@ def match(model, source: Source, model_cfg, task) -> Start:
             start.weights[name] = arrays
         elif task.may_start_afresh(name, shapes, their_shapes):
             start.fresh.append(name)
+        elif from_segmenter:
+            raise UserError(
+                f"model.init_from: {source.spec}: a segmenter whose last stage has half "
+                f"its channels (task.reduced_tail), so its {their_name!r} "
+                f"({_shapes(their_shapes)}) cannot start our {name!r} "
+                f"({_shapes(shapes)}); a segmenter's backbone starts a classifier only "
+                "when trained with task.reduced_tail: false (or start from a classifier "
+                "run or `imagenet`)")
         else:
             raise UserError(
                 f"model.init_from: {source.spec}: layer {their_name!r} has weights "
@@ -204,18 +233,22 @@ def _read_keras_model(path: str) -> list:
 
 def _read_keras_weights(path: str, cfg, model) -> list:
     """Keras 3 weight files carry no architecture: they load into the model this
-    config builds, or not at all."""
-    try:
-        with warnings.catch_warnings():
-            # Keras warns, and carries on, when it leaves a layer unloaded.
-            warnings.simplefilter("error")
-            model.load_weights(path)
-    except Exception as e:
-        raise UserError(f"model.init_from: {path}: does not load into "
-                        f"{_describe(cfg.model)} with {cfg.data.num_classes} classes "
-                        f"({first_line(e)}); a .weights.h5 file must match exactly, a "
-                        "run's best.keras need not") from None
-    return _layers_of(model)
+    config builds, or not at all. That model trains with our fused BatchNorm; a
+    file saved from a run's best.keras has Keras' own, so its twin is tried too."""
+    failure = None
+    for candidate in (model, with_keras_batch_norm(model)):
+        try:
+            with warnings.catch_warnings():
+                # Keras warns, and carries on, when it leaves a layer unloaded.
+                warnings.simplefilter("error")
+                candidate.load_weights(path)
+            return _layers_of(candidate)
+        except Exception as e:
+            failure = failure or e
+    raise UserError(f"model.init_from: {path}: does not load into "
+                    f"{_describe(cfg.model)} with {cfg.data.num_classes} classes "
+                    f"({first_line(failure)}); a .weights.h5 file must match exactly, a "
+                    "run's best.keras need not")
 
 
 def _layers_of(model) -> list:
