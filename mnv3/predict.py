@@ -15,8 +15,10 @@ import os
 
 import numpy as np
 
-from mnv3.errors import UserError
+from mnv3.console import warn
+from mnv3.errors import UserError, first_line
 from mnv3.model.saved import load_keras_file
+from mnv3.tflite.evaluate import TFLiteModel
 from mnv3.tflite.metadata import associated_files, read_metadata
 
 
@@ -24,12 +26,18 @@ def read_rgb(path: str) -> np.ndarray:
     """HxWx3 uint8 RGB pixels of an image file (JPEG, PNG, BMP, GIF's first frame)."""
     import tensorflow as tf
 
+    if not os.path.exists(path):
+        raise UserError(f"{path}: not found")
+    if not os.path.isfile(path):  # a directory, a FIFO, a device
+        raise UserError(f"{path}: not an image file")
     try:
-        data = tf.io.read_file(path)
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    except tf.errors.NotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+    except tf.errors.OpError:
         raise UserError(f"{path}: cannot be decoded as an image") from None
     return image.numpy()
 
@@ -62,9 +70,19 @@ class Prediction:
     top: list  # [(class index, label, score)], best first
 
 
+TFLITE_IDENTIFIER = b"TFL3"  # bytes 4..8 of every TFLite flatbuffer
+
 SEGMENTER_REFUSED = ("{}: a segmentation model; predict.py prints the classes of "
                      "classifiers (a segmenter's masks: its export's frames.png, or "
                      "MediaPipe's ImageSegmenter on the .tflite)")
+
+
+def _has_metadata(data: bytes) -> bool:
+    try:
+        read_metadata(data)
+    except Exception:  # none, or a flatbuffer too damaged to read: LiteRT says which
+        return False
+    return True
 
 
 def _is_segmenter_tflite(data: bytes) -> bool:
@@ -87,7 +105,7 @@ class Model:
                                 "directory (train it first)")
         if not os.path.exists(path):
             raise UserError(f"{path}: not found")
-        self._mediapipe = None
+        self._mediapipe = self._tflite = None
         if path.endswith(".tflite"):
             self._load_tflite(path)
         elif path.endswith(".keras"):
@@ -99,20 +117,45 @@ class Model:
         from mediapipe.tasks import python as mp_tasks
         from mediapipe.tasks.python import vision
 
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: not a regular file")
         with open(path, "rb") as f:
             data = f.read()
+        if data[4:8] != TFLITE_IDENTIFIER:
+            raise UserError(f"{path}: not a TFLite model")
         if _is_segmenter_tflite(data):
             raise UserError(SEGMENTER_REFUSED.format(path))
-        labels = associated_files(data).get("labels.txt", b"").decode("utf-8")
-        self.labels = labels.splitlines()
+        # A file converted elsewhere may carry no labels: classes show as indices.
+        labels = associated_files(data).get("labels.txt", b"")
+        self.labels = labels.decode("utf-8", errors="replace").splitlines()
         options = vision.ImageClassifierOptions(
             base_options=mp_tasks.BaseOptions(model_asset_path=os.path.abspath(path)),
             max_results=-1)
         try:
             self._mediapipe = vision.ImageClassifier.create_from_options(options)
+        except (RuntimeError, ValueError, OSError) as e:  # OSError: no normalisation
+            if _has_metadata(data):
+                raise UserError(f"{path}: MediaPipe cannot load it "
+                                f"({str(e).strip().splitlines()[0][:200]})") from None
+            self._load_foreign(path, data)
+
+    def _load_foreign(self, path: str, data: bytes) -> None:
+        """A float-input file without metadata, which MediaPipe refuses (it reads
+        the input's normalisation from the metadata): run by LiteRT itself on
+        the same resized pixels, 0..255 as they are (the convention of mnv3's
+        and keras.applications' MobileNetV3, which normalise inside)."""
+        try:
+            model = TFLiteModel(data)
         except (RuntimeError, ValueError) as e:
-            raise UserError(f"{path}: MediaPipe cannot load it "
-                            f"({str(e).strip().splitlines()[0][:200]})") from None
+            raise UserError(f"{path}: LiteRT cannot load it ({first_line(e, 200)})") from None
+        shape = tuple(model.input["shape"])
+        if len(shape) != 4 or shape[-1] != 3 or len(model.output["shape"]) != 2:
+            raise UserError(f"{path}: not an image classifier (input {list(shape)}, "
+                            f"output {list(model.output['shape'])})")
+        warn(f"{path} has no TFLite metadata: pixels 0..255 go in as they are, and "
+             "classes show as indices unless the file lists labels")
+        _, self.height, self.width, _ = shape
+        self._tflite = model
 
     def _load_keras(self, path: str) -> None:
         model = load_keras_file(path, f"{path}: damaged or not a Keras model file")
@@ -139,7 +182,10 @@ class Model:
             return Prediction(path, [(c.index, self._label(c.index), float(c.score))
                                      for c in best])
         pixels = resize_like_mediapipe(image, self.height, self.width)
-        scores = self._keras(pixels[None].astype(np.float32), training=False).numpy()[0]
+        if self._tflite is not None:
+            scores = self._tflite(pixels.astype(np.float32))
+        else:
+            scores = self._keras(pixels[None].astype(np.float32), training=False).numpy()[0]
         best = np.argsort(-scores, kind="stable")[:top_k]
         return Prediction(path, [(int(i), self._label(i), float(scores[i])) for i in best])
 

@@ -5,19 +5,20 @@ import glob
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
-from mnv3 import cli
+from mnv3 import cli, tasks
 from mnv3.predict import resize_like_mediapipe
-from tests.conftest import SHARED_DATA, assert_one_line_error, call_cli
+from tests.conftest import SHARED_DATA, assert_one_line_error, call_cli, tiny_cfg
 
 
 def _mediapipe_input(image, size):
     """The tensor MediaPipe's ImageClassifier feeds a size x size model, read back
     through an identity model: each 'class score' is one input value."""
-    import keras
     import mediapipe as mp
     from mediapipe.tasks import python as mp_tasks
     from mediapipe.tasks.python import vision
@@ -130,6 +131,55 @@ def test_bad_input_is_one_line(tmp_path, args, fragment):
             .replace("TMP", str(tmp_path)).replace("IMAGE", str(tmp_path / "image.png"))
             for a in args]
     assert_one_line_error(call_cli(cli.predict, *args), fragment)
+
+
+def test_paths_that_are_not_images_or_models_are_one_line(tmp_path):
+    (tmp_path / "random.tflite").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / "photos").mkdir()
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    assert_one_line_error(call_cli(cli.predict, "--model", str(tmp_path / "random.tflite"),
+                                   str(image)), "random.tflite: not a TFLite model")
+    model_dir = _tiny_run(tmp_path / "run")
+    assert_one_line_error(call_cli(cli.predict, "--model", model_dir,
+                                   str(tmp_path / "photos")), "photos: not an image file")
+
+
+def _tiny_run(directory) -> str:
+    """A run directory with an untrained tiny classifier's best.keras and labels."""
+    from mnv3.model.layers import with_keras_batch_norm
+
+    cfg = tiny_cfg()
+    task = tasks.get(cfg)
+    os.makedirs(directory)
+    with_keras_batch_norm(task.build(cfg), task.input_size).save(
+        os.path.join(directory, "best.keras"))
+    with open(os.path.join(directory, "labels.txt"), "w") as f:
+        f.write("".join(f"class {i}\n" for i in range(cfg.data.num_classes)))
+    return str(directory)
+
+
+def test_a_tflite_without_metadata_still_predicts(tmp_path):
+    """A classifier converted elsewhere, with no metadata (so no labels, and no
+    input normalisation MediaPipe could read): its classes show as indices, and
+    its scores are the Keras model's on the same pixels."""
+    from mnv3.tflite import modes
+    from mnv3.tflite.convert import convert
+
+    model_dir = _tiny_run(tmp_path / "run")
+    keras_model = keras.saving.load_model(os.path.join(model_dir, "best.keras"))
+    foreign = tmp_path / "foreign.tflite"
+    foreign.write_bytes(convert(keras_model, modes.get("float32")))
+    photos = _photos(tmp_path)[:2]
+    theirs = call_cli(cli.predict, "--model", str(foreign), "--json", *photos)
+    assert theirs.returncode == 0, theirs.stderr[-2000:]
+    assert "no TFLite metadata" in theirs.stderr
+    ours = call_cli(cli.predict, "--model", model_dir, "--json", *photos)
+    for mine, other in zip(ours.stdout.splitlines(), theirs.stdout.splitlines()):
+        mine, other = json.loads(mine)["top"], json.loads(other)["top"]
+        assert [t["label"] for t in other] == [str(t["index"]) for t in other]
+        assert [t["index"] for t in other] == [t["index"] for t in mine]
+        assert all(abs(a["score"] - b["score"]) < 1e-4 for a, b in zip(mine, other))
 
 
 @pytest.mark.slow

@@ -147,5 +147,9 @@ def read_metadata(tflite: bytes) -> md.ModelMetadataT:
 
 
 def associated_files(tflite: bytes) -> dict[str, bytes]:
-    with zipfile.ZipFile(io.BytesIO(tflite)) as archive:
-        return {n: archive.read(n) for n in archive.namelist()}
+    """The files packed with a .tflite (labels.txt); none for a file without them."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(tflite)) as archive:
+            return {n: archive.read(n) for n in archive.namelist()}
+    except zipfile.BadZipFile:  # converted elsewhere: a bare flatbuffer
+        return {}
