@@ -101,6 +101,18 @@ class RunDir:
     def save_init_record(self, record: dict) -> None:
         write_atomically(self.init_record, json.dumps(record, indent=1) + "\n")
 
+    def read_init_record(self) -> dict:
+        """What the run started from (init_from.json); {} for a run without one."""
+        try:
+            with open(self.init_record, encoding="utf-8") as f:
+                record = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise UserError(f"{self.init_record}: damaged ({e}); it records what the "
+                            "run started from") from None
+        return record if isinstance(record, dict) else {}
+
     def save_data_layout(self, layout: dict) -> None:
         os.makedirs(self.checkpoints, exist_ok=True)
         write_atomically(self.data_layout, json.dumps(layout))

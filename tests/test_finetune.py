@@ -238,6 +238,37 @@ def test_zero_epochs_keeps_the_starting_weights_as_the_model(tmp_path, pretraine
     assert (model_dir / "labels.txt").exists()
 
 
+def _batch_norm_weights(path) -> dict:
+    model = keras.saving.load_model(path, compile=False)
+    return {layer.name: layer.get_weights() for layer in model.layers
+            if isinstance(layer, keras.layers.BatchNormalization)}
+
+
+@pytest.mark.slow
+def test_frozen_batch_norm_keeps_every_pretrained_statistic_bit_identical(
+        tmp_path, pretrained_run):
+    """train.freeze_batch_norm: the whole network trains, yet every pretrained
+    BatchNorm layer keeps its moving mean and variance (and scale) exactly, in
+    a fresh run and after a resume (which reads what started afresh from
+    init_from.json)."""
+    source = str(pretrained_run / "best.keras")
+    model_dir = tmp_path / "frozen-bn"
+    # train.mode train: best.keras is the last epoch's, the whole network's.
+    settings = [f"model.init_from={source}", "data.synthetic_images=320", "train.mode=train",
+                "train.freeze_backbone_epochs=1", "train.freeze_batch_norm=true"]
+    run(tiny_cfg(*settings, "train.epochs=2"), str(model_dir))
+    before, _ = backbone_and_head(source)
+    for epochs in (2, 3):  # trained, then resumed for one more epoch
+        if epochs == 3:
+            run(tiny_cfg(*settings, "train.epochs=3"), str(model_dir))
+        after, _ = backbone_and_head(str(model_dir / "best.keras"))
+        statistics = _batch_norm_weights(str(model_dir / "best.keras"))
+        assert len(statistics) > 30
+        assert_identical(statistics, {name: before[name] for name in statistics})
+        # The rest of the backbone did train.
+        assert not np.array_equal(after["block3_expand"][0], before["block3_expand"][0])
+
+
 def test_keras_weights_file_must_match_the_config_exactly(tmp_path):
     cfg = tiny_cfg()
     model = tasks.get(cfg).build(cfg)

@@ -58,6 +58,7 @@ def check_consistency(cfg: Config):
         raise ConfigError("model.feature_outputs: needs model.include_top: false")
     fine_tuning = {"train.freeze_backbone_epochs": cfg.train.freeze_backbone_epochs != 0,
                    "train.backbone_lr_scale": cfg.train.backbone_lr_scale != 1.0,
+                   "train.freeze_batch_norm": cfg.train.freeze_batch_norm,
                    "train.epochs": cfg.train.epochs == 0}
     for key, used in fine_tuning.items():
         if used and not cfg.model.init_from:

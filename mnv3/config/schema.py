@@ -227,6 +227,12 @@ class TrainConfig:
         "trains (the backbone is frozen, its BatchNorm in inference mode); then every "
         "layer trains, with a warm-up and decay of its own. Needs `model.init_from`.",
         min=0, max=100_000, only_for="classification")
+    freeze_batch_norm: bool = _field(
+        False, "Fine-tuning: the pretrained BatchNorm layers stay in inference mode, "
+        "their moving statistics and scale frozen, while the backbone trains: "
+        "training-mode batches of new photos would replace the pretrained statistics "
+        "with their own. Layers that start afresh train as usual. Needs "
+        "`model.init_from`.")
     backbone_lr_scale: float = _field(
         1.0, "Fine-tuning: the backbone's learning rate (and adamw's weight decay) as "
         "a fraction of the head's, so pretrained features change slowly. Needs "

@@ -1,9 +1,12 @@
 """Fine-tuning phases: the pretrained backbone frozen for the first
 train.freeze_backbone_epochs while the task's head trains, then the whole
 network. A frozen Keras BatchNorm runs in inference mode, so small batches of
-new data leave its pretrained statistics alone."""
+new data leave its pretrained statistics alone; with train.freeze_batch_norm
+the pretrained BatchNorm layers stay that way when the rest trains."""
 
 from __future__ import annotations
+
+import keras
 
 from mnv3.console import say
 
@@ -13,26 +16,38 @@ def backbone_variables(model, head_layers) -> list:
             for v in layer.trainable_weights]
 
 
+def pretrained_batch_norm(model, head_layers, fresh: list[str]) -> list[str]:
+    """The BatchNorm layers whose statistics came from the pretrained source:
+    those outside the head that did not start afresh."""
+    return [layer.name for layer in model.layers
+            if isinstance(layer, keras.layers.BatchNormalization)
+            and layer.name not in head_layers and layer.name not in fresh]
+
+
 class Phases:
-    def __init__(self, model, head_layers: tuple[str, ...], freeze_epochs: int):
+    def __init__(self, model, head_layers: tuple[str, ...], freeze_epochs: int,
+                 frozen_batch_norm: list[str] = ()):
         self.model, self.head_layers, self.freeze_epochs = model, head_layers, freeze_epochs
+        self.frozen_batch_norm = set(frozen_batch_norm)
         self._frozen = None
 
     def enter(self, epoch: int) -> bool:
         """Sets which layers train in `epoch`; True when that changed (the
         training step must then be traced anew)."""
-        if not self.freeze_epochs:
+        if not self.freeze_epochs and not self.frozen_batch_norm:
             return False
         frozen = epoch < self.freeze_epochs
         if frozen == self._frozen:
             return False
         for layer in self.model.layers:
             if layer.name not in self.head_layers:
-                layer.trainable = not frozen
+                layer.trainable = not frozen and layer.name not in self.frozen_batch_norm
         self._frozen = frozen
         if frozen:
             say(f"epochs {epoch + 1}-{self.freeze_epochs}: only the head "
                 f"({', '.join(self.head_layers)}) trains; the backbone is frozen")
         else:
-            say(f"epoch {epoch + 1} on: the whole network trains")
+            kept = f", its {len(self.frozen_batch_norm)} pretrained BatchNorm layers in " \
+                "inference mode" if self.frozen_batch_norm else ""
+            say(f"epoch {epoch + 1} on: the whole network trains{kept}")
         return True
