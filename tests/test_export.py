@@ -283,7 +283,9 @@ def test_all_modes_are_written_with_a_report(exported):
 @pytest.mark.slow
 def test_builtin_ops_only_and_fast_int8_graph(exported):
     model_dir, _ = exported
-    for path in glob.glob(os.path.join(model_dir, "export", "*.tflite")):
+    files = glob.glob(os.path.join(model_dir, "export", "*.tflite"))
+    assert len(files) == 4  # the four modes
+    for path in files:
         ops = tflite_ops(path)
         assert not [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "?")], ops
     int8 = tflite_ops(glob.glob(os.path.join(model_dir, "export", "*_int8.tflite"))[0])
@@ -513,6 +515,7 @@ def test_a_killed_export_leaves_the_previous_one_whole(tmp_path, exported):
     # Files keep the mode the umask gives, so others can read the model.
     umask = os.umask(0)
     os.umask(umask)
+    assert os.listdir(export_dir)
     for name in os.listdir(export_dir):
         assert os.stat(os.path.join(export_dir, name)).st_mode & 0o777 == 0o666 & ~umask
     assert os.stat(export_dir).st_mode & 0o777 == 0o777 & ~umask

@@ -313,6 +313,7 @@ def test_a_weights_file_saved_from_a_runs_best_keras_loads(tmp_path):
             np.testing.assert_array_equal(saved, read)
 
 
+@pytest.mark.slow
 def test_a_segmenter_source_says_what_it_is_and_what_loads(tmp_path):
     seg = ["task.name=segmentation", "data.num_classes=3"]
     halved, _ = _run_like(tmp_path / "halved", tiny_cfg(*seg))

@@ -110,13 +110,13 @@ def test_readable_names_and_config_knobs():
         assert expected in names, expected
     assert "dropout" not in names
     bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
-    assert all(bn.momentum == 0.9 and bn.epsilon == 1e-5 for bn in bns)
+    assert len(bns) > 30 and all(bn.momentum == 0.9 and bn.epsilon == 1e-5 for bn in bns)
     assert model.get_layer("predictions").activation.__name__ == "linear"
     # Minimalistic: ReLU only, 3x3 kernels, no squeeze-excite.
     mini = build_model(ModelConfig(variant="large", alpha=0.35, minimalistic=True), 64, 5)
     assert not any("_se_" in l.name for l in mini.layers)
-    assert all(l.kernel_size == (3, 3) for l in mini.layers
-               if isinstance(l, keras.layers.DepthwiseConv2D))
+    depthwise = [l for l in mini.layers if isinstance(l, keras.layers.DepthwiseConv2D)]
+    assert len(depthwise) == 15 and all(l.kernel_size == (3, 3) for l in depthwise)
     assert not any(isinstance(l, keras.layers.Activation) and "hard_swish" in str(l.activation)
                    for l in mini.layers)
 

@@ -159,6 +159,7 @@ def _tiny_run(directory) -> str:
     return str(directory)
 
 
+@pytest.mark.slow
 def test_a_tflite_without_metadata_still_predicts(tmp_path):
     """A classifier converted elsewhere, with no metadata (so no labels, and no
     input normalisation MediaPipe could read): its classes show as indices, and
@@ -175,6 +176,7 @@ def test_a_tflite_without_metadata_still_predicts(tmp_path):
     assert theirs.returncode == 0, theirs.stderr[-2000:]
     assert "no TFLite metadata" in theirs.stderr
     ours = call_cli(cli.predict, "--model", model_dir, "--json", *photos)
+    assert len(ours.stdout.splitlines()) == len(theirs.stdout.splitlines()) == 2
     for mine, other in zip(ours.stdout.splitlines(), theirs.stdout.splitlines()):
         mine, other = json.loads(mine)["top"], json.loads(other)["top"]
         assert [t["label"] for t in other] == [str(t["index"]) for t in other]

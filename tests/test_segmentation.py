@@ -342,7 +342,9 @@ def test_exported_segmenter_carries_mediapipe_metadata(segmenter):
     from mediapipe.tasks.metadata import image_segmenter_metadata_schema_py_generated as seg
 
     model_dir, report = segmenter
-    for path in glob.glob(os.path.join(model_dir, "export", "*.tflite")):
+    files = glob.glob(os.path.join(model_dir, "export", "*.tflite"))
+    assert len(files) == 2  # float32 and int8
+    for path in files:
         data = open(path, "rb").read()
         graph = read_metadata(data).subgraphMetadata[0]
         output, = graph.outputTensorMetadata
@@ -410,7 +412,9 @@ def test_predict_refuses_a_segmenter_in_one_line(segmenter):
     model_dir, _ = segmenter
     frame = glob.glob(os.path.join(CAMVID, "val", "images", "*.jpg"))[:1] or \
         [os.path.join(model_dir, "export", "frames.png")]
-    for model in [model_dir, *glob.glob(os.path.join(model_dir, "export", "*_int8.tflite"))]:
+    int8 = glob.glob(os.path.join(model_dir, "export", "*_int8.tflite"))
+    assert int8
+    for model in [model_dir, *int8]:
         result = call_cli(cli.predict, "--model", model, frame[0])
         assert_one_line_error(result, "a segmentation model")
 
@@ -461,5 +465,7 @@ def test_int8_segmenter_is_integer_but_its_stem_and_upsampling(segmenter):
     from mediapipe.tasks.metadata import schema_py_generated as schema
 
     builtin = {k for k in vars(schema.BuiltinOperator) if not k.startswith("_")}
-    for name in glob.glob(os.path.join(model_dir, "export", "*.tflite")):
+    files = glob.glob(os.path.join(model_dir, "export", "*.tflite"))
+    assert files
+    for name in files:
         assert set(tflite_ops(name)) <= builtin - {"CUSTOM"}, name
