@@ -24,6 +24,16 @@ def pretrained_batch_norm(model, head_layers, fresh: list[str]) -> list[str]:
             and layer.name not in head_layers and layer.name not in fresh]
 
 
+def frozen_batch_norm(cfg, model, head_layers, start, run_dir) -> list[str]:
+    """With train.freeze_batch_norm, the pretrained BatchNorm layers: not those
+    that started afresh, as `start` planned them or, when the run resumes, as
+    it recorded them in init_from.json."""
+    if not cfg.train.freeze_batch_norm:
+        return []
+    fresh = start.fresh if start else run_dir.read_init_record().get("layers_initialised", [])
+    return pretrained_batch_norm(model, head_layers, fresh)
+
+
 class Phases:
     def __init__(self, model, head_layers: tuple[str, ...], freeze_epochs: int,
                  frozen_batch_norm: list[str] = ()):

@@ -27,7 +27,7 @@ from mnv3.training import optim
 from mnv3.training.best import BestModel
 from mnv3.training.keeper import RETRY_HINT, CheckpointKeeper, FiniteGuard, Position
 from mnv3.training.logs import TrainingLog
-from mnv3.training.phases import Phases, backbone_variables, pretrained_batch_norm
+from mnv3.training.phases import Phases, backbone_variables, frozen_batch_norm
 from mnv3.training.strategy import distribute, is_chief
 
 SUM = tf.distribute.ReduceOp.SUM
@@ -76,12 +76,10 @@ class Trainer:
         self.checkpoint.best_top1 = self.best.value  # its key since the first runs
         self.metrics = self.task.metrics()
         self.loss_fn = self.task.loss()
-        # The layers that started afresh: as planned now, or as the run recorded.
-        fresh = start.fresh if start else run_dir.read_init_record().get("layers_initialised", [])
-        self.phases = Phases(
-            self.model, self.task.head_layers, cfg.train.freeze_backbone_epochs,
-            pretrained_batch_norm(self.model, self.task.head_layers, fresh)
-            if cfg.train.freeze_batch_norm else [])
+        self.phases = Phases(self.model, self.task.head_layers,
+                             cfg.train.freeze_backbone_epochs,
+                             frozen_batch_norm(cfg, self.model, self.task.head_layers, start,
+                                               run_dir))
         self._train_size = None  # the resolution of the epoch in progress
         self._trace_train_step()
         self.eval_batch = tf.function(
