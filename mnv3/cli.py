@@ -1,7 +1,7 @@
 """The command-line entry points (`mnv3-train`, `mnv3-export`, `mnv3-predict`,
-`mnv3-tfrecord`, and the scripts train.py / export_tflite.py / predict.py that call the same
-functions), and their shared plumbing: every way a user can get the input
-wrong ends in one `error: ...` line on stderr and exit status 2.
+`mnv3-tfrecord`, and the scripts train.py / export_tflite.py / predict.py that
+call the same functions), and their shared plumbing: every way a user can get
+the input wrong ends in one `error: ...` line on stderr and exit status 2.
 
 Each command is `main(argv) -> exit status`, so tests can run it in-process.
 """
@@ -197,4 +197,3 @@ def tfrecord(argv: Sequence[str] | None = None) -> int:
         count = write_shards(args.src, args.out, args.shards, args.prefix, args.strict)
         print(f"wrote {count} images to {args.out}/{args.prefix}-*")
     return _command(p, argv, body)
-

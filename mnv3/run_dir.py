@@ -16,6 +16,7 @@ from mnv3.data.classes import check_class_name
 from mnv3.errors import UserError
 from mnv3.files import Lock, write_atomically
 
+
 class RunDir:
     def __init__(self, path: str):
         self.path = path

@@ -208,8 +208,8 @@ def test_palette_masks_give_their_indices_not_their_colours(tmp_path):
     source = tasks.get(cfg).load_source(seed=0)
     got = {}
     for split in (source.train, source.eval):
-        masks = split.paths[split.size:]
-        for name, (_, mask) in zip(masks, split.make(None)):
+        assert len(split.label_files) == split.size
+        for name, (_, mask) in zip(split.label_files, split.make(None)):
             got[os.path.basename(name)] = mask.numpy()[..., 0]
     assert len(got) == 6
     for i, mask in enumerate(wanted):

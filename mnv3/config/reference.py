@@ -6,7 +6,7 @@ import dataclasses
 
 import yaml
 
-from mnv3.config.schema import Config
+from mnv3.config.schema import Config, field_default
 from mnv3.config.values import section_types, type_name
 
 
@@ -17,7 +17,7 @@ def reference_markdown() -> str:
         cls = section.default_factory
         hints = section_types(cls)
         for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            default = field_default(f)
             rows.append(
                 f"| `{section.name}.{f.name}` | {type_name(hints[f.name])} | "
                 f"`{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}` | "

@@ -316,16 +316,18 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
+def field_default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def fields_marked(cfg: Config, mark: str):
     """(dotted key, value, the mark, default) for every key whose field carries `mark`."""
     for section in dataclasses.fields(cfg):
         values = getattr(cfg, section.name)
         for f in dataclasses.fields(values):
             if f.metadata.get(mark):
-                default = f.default_factory() if f.default_factory is not \
-                    dataclasses.MISSING else f.default
                 yield (f"{section.name}.{f.name}", getattr(values, f.name),
-                       f.metadata[mark], default)
+                       f.metadata[mark], field_default(f))
 
 
 def checkpoint_identity(cfg: Config) -> dict:

@@ -244,7 +244,7 @@ def time_in_turns(exported: list[tuple[dict, TFLiteModel]], runs: int) -> None:
     medians = [[] for _ in exported]
     for _ in range(rounds):
         for times, (_, model) in zip(medians, exported):
-            times.append(model.latency_ms(max(runs // rounds, 1)))
+            times.append(model.latency_ms(runs // rounds))
     for times, (row, _) in zip(medians, exported):
         row["latency_ms"] = round(statistics.median(times), 3)
 

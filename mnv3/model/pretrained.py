@@ -236,7 +236,9 @@ def _read_keras_weights(path: str, cfg, model) -> list:
     config builds, or not at all. That model trains with our fused BatchNorm; a
     file saved from a run's best.keras has Keras' own, so its twin is tried too."""
     failure = None
-    for candidate in (model, with_keras_batch_norm(model)):
+    # The twin is cloned only when the config's own model does not take the file.
+    for make in (lambda: model, lambda: with_keras_batch_norm(model)):
+        candidate = make()
         try:
             with warnings.catch_warnings():
                 # Keras warns, and carries on, when it leaves a layer unloaded.
