@@ -58,10 +58,10 @@ def _our_models(cfg, calibration) -> dict:
     task = tasks.get(cfg)
     trained = task.build(cfg)
     build = partial(task.build, cfg)
-    files = {"our_float": convert(export_graph(trained, build, modes.get("float32")),
+    files = {"our_float": convert(export_graph(trained, build, modes.get("float32")).model,
                                   modes.get("float32"))}
     int8 = modes.get("int8", cfg.export.int8_input, cfg.export.int8_output)
-    graph = export_graph(trained, build, int8)
+    graph = export_graph(trained, build, int8).model
     samples = [scale_input(x)[None] for x in calibration]
     # our_int8_all: export.int8_float_stem false, to show what the float stem costs.
     for name, layers in (("our_int8", float_layers(graph)), ("our_int8_all", ())):

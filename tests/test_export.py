@@ -64,7 +64,7 @@ def test_int8_graph_rewrite_computes_the_same_function(overrides):
             gamma, beta, mean, var = layer.get_weights()
             layer.set_weights([gamma, beta, rng.normal(0, 0.3, mean.shape),
                                rng.uniform(0.3, 2.0, var.shape)])
-    rewritten = export_graph(model, partial(tasks.get(cfg).build, cfg), INT8)
+    rewritten = export_graph(model, partial(tasks.get(cfg).build, cfg), INT8).model
     layer_types = {type(layer).__name__ for layer in rewritten.layers}
     assert "Rescaling" in layer_types and "rescale" not in [l.name for l in rewritten.layers]
     assert rewritten.input.shape == (1, 64, 64, 3)
@@ -73,21 +73,27 @@ def test_int8_graph_rewrite_computes_the_same_function(overrides):
                                atol=1e-5)
 
 
-def test_int8_rewrite_finds_the_hard_swish_layers_it_made_whatever_their_names():
-    from mnv3.tflite.graph import TimesSixHardSwish, _output_scales
+def test_int8_rewrite_finds_the_6x_layers_it_made_whatever_their_names():
+    from mnv3.tflite.graph import TimesSix, _output_scales
     from mnv3.model import build_model
 
     cfg = config_lib.load(None, ["model.variant=large", "model.alpha=0.35"])
     scales = []
-    for rename in [lambda name: name, lambda name: name.replace("_act", "_hswish")]:
-        made = TimesSixHardSwish()
-        model = build_model(cfg.model, 64, 10, hard_swish=lambda x, name: made(x, rename(name)))
-        scales.append(_output_scales(model, made))
+    for rename in [lambda name: name, lambda name: name.replace("_act", "_hswish")
+                   .replace("_gate", "_hsigmoid")]:
+        made = TimesSix()
+        model = build_model(cfg.model, 64, 10,
+                            hard_swish=lambda x, name: made.hard_swish(x, rename(name)),
+                            hard_sigmoid=lambda x, name: made.hard_sigmoid(x, rename(name)))
+        scales.append(_output_scales(model, made)[0])
     assert scales[0] == scales[1]
-    kernel_input_scale, _ = scales[0]
+    kernel_input_scale = scales[0]
     assert kernel_input_scale["head_fc"] == 6.0  # fed by head_act, a hard-swish
     assert kernel_input_scale["block0_depthwise"] == 6.0  # by the stem's hard-swish
     assert kernel_input_scale["block1_expand"] == 1.0  # by block 0's linear projection
+    # Block 3: a ReLU map times its 6x SE gate; block 10: a hard-swish map times its gate.
+    assert kernel_input_scale["block3_project"] == 6.0
+    assert kernel_input_scale["block10_project"] == 36.0
 
 
 def test_every_private_tensorflow_api_is_present():
@@ -560,7 +566,7 @@ def test_an_int8_model_that_crashes_the_interpreter_is_not_published(tmp_path):
     kernel.assign(value)
     samples = [scale_input(np.random.default_rng(i).uniform(0, 255, (32, 32, 3))
                            .astype(np.float32))[None] for i in range(4)]
-    graph = export_graph(model, partial(tasks.get(cfg).build, cfg), INT8)
+    graph = export_graph(model, partial(tasks.get(cfg).build, cfg), INT8).model
     path = str(tmp_path / "bad.tflite")
     with pytest.raises(UserError, match="interpreter crashed running it"):
         with open(path, "wb") as f:

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from mnv3 import config as config_lib
+from mnv3.model.quantize_aware import trained_ranges
 from mnv3.training import run
 from mnv3.training import optim
 from mnv3 import cli
@@ -64,7 +65,8 @@ def test_training_learns_and_inference_mode_tracks_training(learned_run):
 @pytest.mark.slow
 def test_kill_9_and_resume(tmp_path):
     model_dir = tmp_path / "run"
-    extra = ["train.epochs=1", "train.checkpoint_every_steps=5"]
+    # Quantization-aware: its tracked ranges resume with the rest.
+    extra = ["train.epochs=1", "train.checkpoint_every_steps=5", "train.qat_epochs=1"]
     proc = train_cli(model_dir, *extra)
     checkpoints = model_dir / "checkpoints"
     deadline = time.time() + 180
@@ -85,6 +87,8 @@ def test_kill_9_and_resume(tmp_path):
     assert f"resuming from {killed_at}" in out
     metrics = read_metrics(model_dir)
     assert [r["epoch"] for r in metrics] == [1] and metrics[-1]["step"] == 20
+    best = keras.saving.load_model(str(model_dir / "best.keras"))
+    assert len(trained_ranges(best)) > 100
 
 
 @pytest.mark.slow

@@ -64,6 +64,9 @@ def check_consistency(cfg: Config):
         if used and not cfg.model.init_from:
             raise ConfigError(f"{key}: {getattr(cfg.train, key.split('.')[1])} needs "
                               "model.init_from (there is no pretrained backbone)")
+    if cfg.train.qat_epochs > cfg.train.epochs:
+        raise ConfigError(f"train.qat_epochs: {cfg.train.qat_epochs} is more than "
+                          f"train.epochs ({cfg.train.epochs})")
     if cfg.train.freeze_backbone_epochs > cfg.train.epochs:
         raise ConfigError(f"train.freeze_backbone_epochs: {cfg.train.freeze_backbone_epochs} "
                           f"is more than train.epochs ({cfg.train.epochs})")

@@ -233,6 +233,13 @@ class TrainConfig:
         "training-mode batches of new photos would replace the pretrained statistics "
         "with their own. Layers that start afresh train as usual. Needs "
         "`model.init_from`.")
+    qat_epochs: int = _field(
+        0, "Quantization-aware training: the last N epochs train with the int8 "
+        "export's rounding simulated (weights per channel, activations over tracked "
+        "ranges), and the int8 export takes the ranges they trained instead of "
+        "calibrating. best.keras is then chosen among these epochs. A short QAT run "
+        "from a trained model: `model.init_from` its best.keras, epochs = qat_epochs.",
+        min=0, max=100_000, checkpoint=True)
     backbone_lr_scale: float = _field(
         1.0, "Fine-tuning: the backbone's learning rate (and adamw's weight decay) as "
         "a fraction of the head's, so pretrained features change slowly. Needs "
@@ -275,6 +282,10 @@ class ExportConfig:
         True, "`int8` mode: the stem and the first depthwise conv run in float, where "
         "one int8 scale per tensor loses most; false: every layer in int8 (for "
         "integer-only accelerators).")
+    int8_ranges: Literal["trained", "calibrated"] = _field(
+        "trained", "`int8` mode of a model trained with `train.qat_epochs`: the "
+        "activation ranges it trained with, or ranges calibrated afresh (a check). "
+        "Other models are always calibrated.")
     calibration_steps: int = _field(
         1024, "int8 calibration steps, one training image each (eval preprocessing); "
         "BENCHMARKS.md measures what fewer cost.", min=1,

@@ -197,9 +197,14 @@ def export_mode(target: Target, mode: Mode, data: EvalData,
     graph = export_graph(target.trained, partial(target.task.build, cfg), mode)
     samples = [(scale_input(x) if mode.quantized_input else x)[None]
                for x in data.calibration] if mode.integer else []
-    tflite = convert(graph, mode, samples, percentile=cfg.export.calibration_percentile,
+    provenance = {}
+    tflite = convert(graph.model, mode, samples,
+                     percentile=cfg.export.calibration_percentile,
                      output_range=task_export.output_range(), float_ops=task_export.float_ops,
-                     float_layers=float_layers(graph) if cfg.export.int8_float_stem else ())
+                     float_layers=float_layers(graph.model) if cfg.export.int8_float_stem
+                     else (),
+                     trained_ranges=graph.ranges if cfg.export.int8_ranges == "trained"
+                     else None, provenance=provenance)
     mean, std = mode.normalization
     tflite = task_export.metadata(tflite, name=target.name,
                                   description=target.description, labels=target.labels,
@@ -228,7 +233,18 @@ def export_mode(target: Target, mode: Mode, data: EvalData,
     card.finish()
     return {"mode": mode.name, "file": os.path.basename(path),
             "size_mb": round(len(tflite) / 2**20, 2), "latency_ms": None,
+            **({"int8_ranges": int8_ranges(provenance)} if provenance else {}),
             **card.row()}, model
+
+
+def int8_ranges(provenance: dict) -> str:
+    """How an int8 file's activation ranges were made, for the report."""
+    trained, calibrated = provenance["trained"], provenance["calibrated"]
+    if not trained:
+        return "calibrated"
+    if not calibrated:
+        return f"quantization-aware (all {trained} trained)"
+    return f"quantization-aware ({trained} trained, {calibrated} calibrated)"
 
 
 LATENCY_ROUNDS = 5

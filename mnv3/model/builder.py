@@ -52,12 +52,18 @@ def keras_hard_swish(x, name: str):
     return layers.Activation("hard_swish", name=name)(x)
 
 
+def keras_hard_sigmoid(x, name: str):
+    """The paper's h-sigmoid, relu6(x + 3) / 6 (the SE gate), as one Keras layer."""
+    return layers.Activation("hard_sigmoid", name=name)(x)
+
+
 class _Builder:
     """Holds the per-model settings so the block helpers stay short."""
 
-    def __init__(self, cfg: ModelConfig, hard_swish: Callable = keras_hard_swish):
+    def __init__(self, cfg: ModelConfig, hard_swish: Callable = keras_hard_swish,
+                 hard_sigmoid: Callable = keras_hard_sigmoid):
         self.cfg = cfg
-        self.hard_swish = hard_swish
+        self.hard_swish, self.hard_sigmoid = hard_swish, hard_sigmoid
 
     def activation(self, x, kind: str, name: str):
         if kind == "relu":
@@ -80,7 +86,7 @@ class _Builder:
                           name=f"{name}_reduce")(s)
         s = layers.ReLU(name=f"{name}_relu")(s)
         s = layers.Conv2D(channels, 1, name=f"{name}_expand")(s)
-        s = layers.Activation("hard_sigmoid", name=f"{name}_gate")(s)
+        s = self.hard_sigmoid(s, f"{name}_gate")
         return layers.Multiply(name=f"{name}_scale")([x, s])
 
     def bottleneck(self, x, block: specs.Block, table_in: int, stride: int, name: str,
@@ -123,13 +129,14 @@ class Backbone(NamedTuple):
 
 def build_backbone(cfg: ModelConfig, size, *, batch_size: int | None = None,
                    include_rescaling: bool = True, hard_swish: Callable = keras_hard_swish,
-                   output_stride: int = 32, reduced_tail: bool = False) -> Backbone:
+                   hard_sigmoid: Callable = keras_hard_sigmoid, output_stride: int = 32,
+                   reduced_tail: bool = False) -> Backbone:
     """The network up to and including the 1x1 head conv. `size`: an int (square),
     (height, width), or None for any size. `output_stride` < 32 runs the stages
     past it at stride 1 with dilated depthwise kernels (DeepLab's atrous scheme:
     the layer that loses its stride keeps rate 1, later layers see the doubled
     rate), so the map stays at 1/output_stride of the input with the same weights."""
-    b = _Builder(cfg, hard_swish)
+    b = _Builder(cfg, hard_swish, hard_sigmoid)
     blocks = block_table(cfg, reduced_tail)
     top_activation = "relu" if cfg.minimalistic else "hard_swish"
     strides_to_remove = cfg.remove_early_strides
@@ -173,19 +180,22 @@ def build_backbone(cfg: ModelConfig, size, *, batch_size: int | None = None,
 def build_model(cfg: ModelConfig, image_size: int | None, num_classes: int,
                 name: str | None = None, *, batch_size: int | None = None,
                 include_rescaling: bool = True,
-                hard_swish: Callable = keras_hard_swish) -> keras.Model:
+                hard_swish: Callable = keras_hard_swish,
+                hard_sigmoid: Callable = keras_hard_sigmoid) -> keras.Model:
     """MobileNetV3 taking RGB images with values 0..255 (float), any size >= 32.
 
     `image_size=None` builds a model that accepts any height and width.
     Outputs class probabilities (or logits with classifier_activation=linear);
     with include_top=False a pooled feature vector, the last feature map, or
     with feature_outputs=True a list of maps at strides 8, 16 and 32.
-    `hard_swish(x, name) -> tensor` builds each h-swish activation (the TFLite
-    export injects a form that quantizes faster, see mnv3.tflite.graph);
+    `hard_swish(x, name) -> tensor` builds each h-swish activation and
+    `hard_sigmoid` each SE gate (the int8 export injects forms that quantize
+    faster, see mnv3.tflite.graph);
     `include_rescaling=False` leaves out the 0..255 -> -1..1 input scaling.
     """
     net = build_backbone(cfg, image_size, batch_size=batch_size,
-                         include_rescaling=include_rescaling, hard_swish=hard_swish)
+                         include_rescaling=include_rescaling, hard_swish=hard_swish,
+                         hard_sigmoid=hard_sigmoid)
     b, x = net.builder, net.features
     top_activation = "relu" if cfg.minimalistic else "hard_swish"
     if cfg.include_top:

@@ -17,7 +17,8 @@ from typing import Callable
 import keras
 from keras import layers
 
-from mnv3.model.builder import CONV_INIT, build_backbone, keras_hard_swish, model_name
+from mnv3.model.builder import (CONV_INIT, build_backbone, keras_hard_sigmoid, keras_hard_swish,
+                                model_name)
 
 SKIP_STRIDE = 8
 # The layers the head adds: they start afresh under model.init_from and train
@@ -29,13 +30,14 @@ HEAD_LAYERS = ("seg_branch_conv", "seg_branch_conv_bn", "seg_gate_conv",
 def build_segmenter(model_cfg, task_cfg, size: tuple[int, int], num_classes: int, *,
                     batch_size: int | None = None, include_rescaling: bool = True,
                     hard_swish: Callable = keras_hard_swish,
+                    hard_sigmoid: Callable = keras_hard_sigmoid,
                     name: str | None = None) -> keras.Model:
     """LR-ASPP MobileNetV3 for (height, width) RGB 0..255 inputs; outputs
     height x width x num_classes logits (float32)."""
     height, width = size
     net = build_backbone(model_cfg, (height, width), batch_size=batch_size,
                          include_rescaling=include_rescaling, hard_swish=hard_swish,
-                         output_stride=task_cfg.output_stride,
+                         hard_sigmoid=hard_sigmoid, output_stride=task_cfg.output_stride,
                          reduced_tail=task_cfg.reduced_tail)
     b = net.builder
     # levels holds the last map at strides 2, 4, 8, ...: index 2 is stride 8.

@@ -22,6 +22,7 @@ from mnv3.errors import UserError, first_line
 from mnv3.model.builder import HEAD_LAYERS
 from mnv3.model.layers import with_keras_batch_norm
 from mnv3.model.lraspp import HEAD_LAYERS as SEGMENTER_HEAD
+from mnv3.model.quantize_aware import range_layer
 from mnv3.model.saved import load_keras_file
 
 RUN_MODEL = "best.keras"  # what a run directory offers as its model
@@ -254,8 +255,9 @@ def _read_keras_weights(path: str, cfg, model) -> list:
 
 
 def _layers_of(model) -> list:
+    # A quantization-aware model's tracked ranges are not weights to start from.
     return [(layer.name, [np.asarray(w) for w in layer.get_weights()])
-            for layer in model.layers if layer.weights]
+            for layer in model.layers if layer.weights and not range_layer(layer)]
 
 
 # --- small helpers -------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import zipfile
 
 from mnv3.errors import UserError, first_line
+# A quantization-aware model's layers are mnv3's: registered for loading on import.
+from mnv3.model import quantize_aware  # noqa: F401
 
 
 def load_keras_file(path: str, damaged: str):

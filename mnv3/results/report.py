@@ -24,7 +24,9 @@ def format_table(report: dict) -> str:
         figures = " | ".join(f"{100 * r[key]:.2f}{unit}" for key, _, unit in headline)
         lines.append(f"| {r['mode']} | {r['file']} | {r['size_mb']:.2f} | {figures} | "
                      f"{100 * r['agreement']:.2f}% | {latency} |")
-    return "\n".join(lines)
+    made = [f"{r['mode']}: activation ranges {r['int8_ranges']}" for r in report["rows"]
+            if r.get("int8_ranges")]
+    return "\n".join(lines + ([""] + made if made else []))
 
 
 def percent(value) -> str:

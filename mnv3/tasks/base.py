@@ -28,7 +28,8 @@ class Task:
 
     # --- model ---
     def build(self, cfg, image_size=-1, **options):
-        """The Keras model; `options`: name, batch_size, include_rescaling, hard_swish."""
+        """The Keras model; `options`: name, batch_size, include_rescaling, hard_swish,
+        hard_sigmoid."""
         raise NotImplementedError
 
     def may_start_afresh(self, layer: str, ours, theirs) -> bool:

@@ -63,16 +63,21 @@ class Tails:
         return float(self.low.max()), float(self.high.min())
 
 
-def record_ranges(float_model: bytes, tensors: Sequence[int], samples: Sequence[np.ndarray],
-                  percentile: float) -> dict[int, tuple[float, float]]:
-    """(low, high) of each tensor in `tensors` over `samples` fed one at a time."""
+def _every_tensor_kept(float_model: bytes):
+    """An interpreter with no delegate and no memory reuse: every intermediate
+    tensor is readable and still holds its own value after invoke()."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    # No delegate and no memory reuse: every intermediate tensor is readable and
-    # still holds its own value after invoke().
     runner = Interpreter(model_content=float_model, experimental_preserve_all_tensors=True,
                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     runner.allocate_tensors()
+    return runner
+
+
+def record_ranges(float_model: bytes, tensors: Sequence[int], samples: Sequence[np.ndarray],
+                  percentile: float) -> dict[int, tuple[float, float]]:
+    """(low, high) of each tensor in `tensors` over `samples` fed one at a time."""
+    runner = _every_tensor_kept(float_model)
     details = {d["index"]: d for d in runner.get_tensor_details()}
     tails = {i: Tails(len(samples) * int(np.prod(details[i]["shape"])), percentile)
              for i in tensors}
@@ -85,16 +90,56 @@ def record_ranges(float_model: bytes, tensors: Sequence[int], samples: Sequence[
     return {i: tail.range() for i, tail in tails.items()}
 
 
+# A tensor is a layer's output when their values on one sample agree this
+# closely, relative to the layer's largest value (float32 differences between
+# TFLite and Keras stay near 1e-5; two different tensors differ by far more).
+_SAME_VALUES = 1e-3
+
+
+def match_layers(float_model: bytes, keras_model, layer_names: Sequence[str],
+                 tensors: Sequence[int], sample: np.ndarray) -> dict[int, str]:
+    """{tensor: layer} for each of `tensors` of the converted `float_model` whose
+    values on `sample` are those of the output of one of the layers
+    `layer_names` of `keras_model`, the model it was converted from. By value,
+    not by the converter's tensor names, which are not published."""
+    import keras
+
+    probe = keras.Model(keras_model.input,
+                        [keras_model.get_layer(name).output for name in layer_names])
+    outputs = probe.predict_on_batch(sample)
+    outputs = [np.asarray(o).ravel() for o in (outputs if len(layer_names) > 1 else [outputs])]
+    runner = _every_tensor_kept(float_model)
+    runner.set_tensor(runner.get_input_details()[0]["index"], sample.astype(np.float32))
+    runner.invoke()
+    matched = {}
+    for i in tensors:
+        values = runner.get_tensor(i).ravel()
+        best, best_error = None, _SAME_VALUES
+        for name, out in zip(layer_names, outputs):
+            if out.size == values.size:
+                error = np.max(np.abs(out - values)) / max(np.max(np.abs(out)), 1e-12)
+                if error < best_error:
+                    best, best_error = name, error
+        if best is not None:
+            matched[i] = best
+    return matched
+
+
 def int8_model(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarray],
                percentile: float, mode: Mode,
                output_range: tuple[float, float] | None = None,
                warnings: list[str] | None = None,
                float_ops: Sequence[str] = ("SOFTMAX",),
-               float_layers: Sequence[str] = ()) -> bytes:
+               float_layers: Sequence[str] = (), trained=None,
+               provenance: dict | None = None) -> bytes:
     """The int8 model from `converter` (a float conversion not yet run).
     `output_range`: the output's fixed range, or None to calibrate it (logits).
     `float_ops`: kinds of op left in float when the output is float anyway.
     `float_layers`: Keras layers whose ops stay in float.
+    `trained`: (Keras model converted, {layer: (low, high)}), the ranges a
+    quantization-aware model trained with; they replace calibration for the
+    tensors they match. `provenance` gets how many tensors took trained ranges
+    and how many calibrated ones.
     A fallback or a missing layer is noted in `warnings` (the caller may be
     capturing stderr)."""
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -102,7 +147,8 @@ def int8_model(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarray]
         warnings = []
     try:
         return _with_our_ranges(converter, samples, percentile, mode, output_range,
-                                float_ops, float_layers, warnings)
+                                float_ops, float_layers, warnings, trained,
+                                {} if provenance is None else provenance)
     except tf_internals.InternalMissing as e:
         warnings.append(f"{e}. The int8 model is calibrated by the converter instead "
                         "(plain min/max ranges, no export.calibration_percentile, "
@@ -111,7 +157,7 @@ def int8_model(converter: tf.lite.TFLiteConverter, samples: Sequence[np.ndarray]
 
 
 def _with_our_ranges(converter, samples, percentile, mode, output_range,
-                     float_ops, float_layers, warnings) -> bytes:
+                     float_ops, float_layers, warnings, trained, provenance) -> bytes:
     # One sample is enough to lay out the min/max slots; ours overwrite them.
     converter.representative_dataset = lambda: iter([[samples[0]]])
     float_model, model = tf_internals.calibrate_only(converter)
@@ -122,17 +168,22 @@ def _with_our_ranges(converter, samples, percentile, mode, output_range,
     pinned = {graph.inputs[0]: mode.input_range}
     if output_range is not None:
         pinned[graph.outputs[0]] = output_range
-    ranges = record_ranges(float_model, [i for i in slots if i not in pinned],
-                           samples, percentile)
-    ranges.update(pinned)
+    float_nodes = tf_internals.ops_of_layers(graph, float_layers)
+    ranges = dict(pinned)
+    if trained:
+        ranges.update(_trained_ranges(float_model, graph, trained, samples[0],
+                                      [i for i in slots if i not in pinned], float_nodes))
+    measured = [i for i in slots if i not in ranges]
+    if measured:
+        ranges.update(record_ranges(float_model, measured, samples, percentile))
+    provenance.update(trained=len(slots) - len(pinned) - len(measured),
+                      calibrated=len(measured))
     for i in slots:
         lo, hi = ranges[i]
         # The quantizer crashes the process on a scale it cannot represent
         # (after printing "scale out of expressed type range"); refuse first.
         if not np.isfinite(np.float32(hi) - np.float32(lo)):
-            name = graph.tensors[i].name
-            name = name.decode() if isinstance(name, bytes) else name
-            raise UserError(f"int8 calibration: tensor {name} has the range [{lo}, {hi}]; "
+            raise UserError(f"int8 calibration: tensor {_tensor_name(graph.tensors[i])} has the range [{lo}, {hi}]; "
                             "the model's activations overflow "
                             "float32, so it cannot be quantized (retrain with a lower "
                             "train.learning_rate)")
@@ -142,7 +193,6 @@ def _with_our_ranges(converter, samples, percentile, mode, output_range,
     # A float output keeps the task's last ops in float (see each task's
     # float_ops: a classifier's softmax, a segmenter's upsampling).
     kept = list(float_ops) if mode.output_type == "float32" and float_ops else None
-    float_nodes = tf_internals.ops_of_layers(graph, float_layers)
     if float_layers and not float_nodes:
         warnings.append(f"no op of the layers {', '.join(float_layers)} was found in the "
                         "converted model; they are quantized with the rest (expect "
@@ -150,6 +200,24 @@ def _with_our_ranges(converter, samples, percentile, mode, output_range,
     return tf_internals.quantize(tf_internals.write_tflite(model),
                                  IO_TYPES[mode.input_type], IO_TYPES[mode.output_type],
                                  kept, float_nodes or None)
+
+
+def _tensor_name(tensor) -> str:
+    return tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
+
+
+def _trained_ranges(float_model, graph, trained, sample, tensors, float_nodes) -> dict:
+    """{tensor: range} for the `tensors` that a quantization-aware model's
+    trained ranges cover, and for those between ops kept in float, whose
+    ranges the quantizer never uses (one sample's extremes lay them out)."""
+    keras_model, layer_ranges = trained
+    matched = match_layers(float_model, keras_model, sorted(layer_ranges), tensors, sample)
+    ranges = {i: layer_ranges[name] for i, name in matched.items()}
+    unused = [i for i in tensors if i not in ranges
+              and _tensor_name(graph.tensors[i]) in float_nodes]
+    if unused:
+        ranges.update(record_ranges(float_model, unused, [sample], 100.0))
+    return ranges
 
 
 def _with_converter_ranges(converter, samples, mode: Mode) -> bytes:

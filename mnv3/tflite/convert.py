@@ -40,13 +40,17 @@ def convert(model: keras.Model, mode: Mode, samples: Sequence[np.ndarray] = (),
             percentile: float = 100.0,
             output_range: tuple[float, float] | None = None,
             float_ops: Sequence[str] = (),
-            float_layers: Sequence[str] = ()) -> bytes:
+            float_layers: Sequence[str] = (),
+            trained_ranges: dict | None = None,
+            provenance: dict | None = None) -> bytes:
     """The .tflite bytes of `model` in `mode`. An integer mode calibrates on
     `samples` (model inputs, batch 1), with activation ranges at `percentile`,
     the input's range fixed at mode.input_range and the output's at
     `output_range` (None: calibrated, for logits); with a float output, the
     `float_ops` near it stay in float, and so do the Keras layers
-    `float_layers` (calibrate.int8_model)."""
+    `float_layers` (calibrate.int8_model). `trained_ranges`: {layer: (low,
+    high)} of a quantization-aware model, used where they match instead of
+    calibrated ranges; `provenance` gets the counts of each."""
     with tempfile.TemporaryDirectory() as tmp:
         _saved_model(model, tmp)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SIGNATURE])
@@ -63,7 +67,9 @@ def convert(model: keras.Model, mode: Mode, samples: Sequence[np.ndarray] = (),
                 if mode.integer:
                     tflite = calibrate.int8_model(converter, samples, percentile, mode,
                                                   output_range, warnings, float_ops,
-                                                  float_layers)
+                                                  float_layers,
+                                                  (model, trained_ranges) if trained_ranges
+                                                  else None, provenance)
                 else:
                     tflite = converter.convert()
         except UserError:

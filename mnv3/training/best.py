@@ -1,6 +1,8 @@
 """best.keras: the model of the best evaluated epoch (the task's best_metric),
 with EMA weights when EMA is on and Keras' own BatchNorm layers, written
-atomically by the chief and never with non-finite weights."""
+atomically by the chief and never with non-finite weights. (A
+quantization-aware model keeps its QAT layers, which load where mnv3 is
+imported.)"""
 
 from __future__ import annotations
 

@@ -21,7 +21,9 @@ from mnv3.data import Pipeline
 from mnv3.data.pipeline import train_image_size
 from mnv3.errors import UserError
 from mnv3.model.pretrained import Start
+from mnv3.model.quantize_aware import quantize_aware
 from mnv3.run_dir import RunDir
+from mnv3.tflite.graph import float_layers
 from mnv3.training import ema as ema_lib
 from mnv3.training import optim
 from mnv3.training.best import BestModel
@@ -49,6 +51,9 @@ class Trainer:
             # copy (best.keras) takes data.image_size, as the export expects.
             self.model = self.task.build(
                 cfg, image_size=None if cfg.data.train_image_sizes else -1)
+            if cfg.train.qat_epochs:
+                self.model = quantize_aware(
+                    self.model, float_layers(self.model) if cfg.export.int8_float_stem else ())
             self.optimizer = optim.make_optimizer(cfg.train, self.steps_per_epoch, self.model)
             if cfg.runtime.mixed_precision == "mixed_float16":
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
@@ -79,15 +84,14 @@ class Trainer:
         self.phases = Phases(self.model, self.task.head_layers,
                              cfg.train.freeze_backbone_epochs,
                              frozen_batch_norm(cfg, self.model, self.task.head_layers, start,
-                                               run_dir))
+                                               run_dir),
+                             qat_from=cfg.train.epochs - cfg.train.qat_epochs)
         self._train_size = None  # the resolution of the epoch in progress
-        self._trace_train_step()
-        self.eval_batch = tf.function(
-            lambda batch: self._on_all_replicas(self._replica_eval_step, batch),
-            reduce_retracing=True)
+        self._trace_steps()
 
-    def _trace_train_step(self) -> None:
-        """(Re)traces the step for the variables that train now."""
+    def _trace_steps(self) -> None:
+        """(Re)traces the steps for the variables that train now, and the int8
+        rounding on or off."""
         cfg = self.cfg
         self.kernels = (optim.decayed_weights(self.model, cfg.train.decay_depthwise)
                         if optim.uses_l2_loss(cfg.train) else [])
@@ -97,6 +101,9 @@ class Trainer:
             lambda batch: self._on_all_replicas(self._replica_train_step, batch),
             jit_compile=cfg.runtime.jit_compile or None)
         self.train_batches = tf.function(self._train_batches)
+        self.eval_batch = tf.function(
+            lambda batch: self._on_all_replicas(self._replica_eval_step, batch),
+            reduce_retracing=True)
 
     # --- steps -----------------------------------------------------------------
 
@@ -210,7 +217,7 @@ class Trainer:
     def _train_epoch(self, epoch: int):
         cfg, spe = self.cfg.train, self.steps_per_epoch
         if self.phases.enter(epoch):
-            self._trace_train_step()
+            self._trace_steps()
         size = train_image_size(self.cfg, epoch)
         if self.cfg.data.train_image_sizes and size != self._train_size:
             say(f"epoch {epoch + 1} on: training at {size} px")
@@ -273,7 +280,7 @@ class Trainer:
             # No eval data to choose by: keep the latest. Between evaluations of a
             # train_and_eval run, best.keras stays the best evaluated epoch.
             improved = cfg.mode != "train_and_eval"
-        if improved:
+        if improved and self.phases.keeps_best(epoch):
             self.best.save(self.model, record.get(f"eval_{self.task.best_metric}", 0.0))
         self.position.epochs_done.assign(epoch + 1)
         self.keeper.save(record["step"], self.data_layout())
