@@ -11,6 +11,12 @@ config's model, image size and batch: the speed of a recipe's training step,
 without its data pipeline or evaluation.
 
     python benchmarks/train_throughput.py --config configs/cifar10_small.yaml --steps 60 --json
+
+With `--qat` as well, the config's step is timed with and without
+quantization-aware training (in the last epoch's phase), taking turns
+`--rounds` times, and the ratio is printed: what train.qat_epochs costs.
+
+    python benchmarks/train_throughput.py --config configs/finetune.yaml --qat --json
 """
 
 from __future__ import annotations
@@ -78,6 +84,9 @@ def time_config(cfg, steps, warmup) -> float:
                         tasks.get(cfg))
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, RunDir(tmp), tf.distribute.get_strategy(), pipeline)
+        # The last epoch's phase: the whole network trains (and, with
+        # train.qat_epochs, the int8 rounding is on).
+        trainer.enter_epoch(max(cfg.train.epochs - 1, 0))
         iterator = iter(trainer.distribute(data))
         per_call = tf.constant(cfg.train.steps_per_execution)
         for _ in range(warmup):
@@ -103,6 +112,9 @@ def main(argv) -> int:
     parser.add_argument("--config", help="time only our step, for this config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of --config (repeatable)")
+    parser.add_argument("--qat", action="store_true",
+                        help="with --config: time it with and without train.qat_epochs")
+    parser.add_argument("--rounds", type=int, default=2, help="turns each, with --qat")
     # A bad --config or --set is one line and exit status 2, as in the CLIs.
     return cli.run_command(lambda: _measure(parser.parse_args(argv)))
 
@@ -112,6 +124,8 @@ def _measure(args) -> None:
         from mnv3 import config as config_lib
 
         cfg = config_lib.load(args.config, args.set)
+        if args.qat:
+            return _measure_qat(args, cfg)
         ips = time_config(cfg, args.steps, args.warmup)
         result = {"config": args.config, "set": args.set, "image_size": cfg.data.image_size,
                   "batch_size": cfg.train.batch_size, "steps": args.steps,
@@ -131,6 +145,29 @@ def _measure(args) -> None:
     print(json.dumps(result) if args.json else
           f"ours {ours_ips:.1f} img/s, keras.applications fit {keras_ips:.1f} img/s "
           f"({ours_ips / keras_ips:.2f}x)")
+
+
+def _measure_qat(args, cfg) -> None:
+    import dataclasses
+    import statistics
+
+    rates = {"plain": [], "qat": []}
+    configs = {"plain": dataclasses.replace(cfg, train=dataclasses.replace(
+                   cfg.train, qat_epochs=0)),
+               "qat": dataclasses.replace(cfg, train=dataclasses.replace(
+                   cfg.train, qat_epochs=max(cfg.train.qat_epochs, 1)))}
+    for _ in range(args.rounds):  # in turns: the machine's speed drifts
+        for name, config in configs.items():
+            rates[name].append(time_config(config, args.steps, args.warmup))
+    plain, qat = (statistics.median(rates[k]) for k in ("plain", "qat"))
+    result = {"config": args.config, "set": args.set, "image_size": cfg.data.image_size,
+              "batch_size": cfg.train.batch_size, "steps": args.steps,
+              "rounds": args.rounds, "plain_images_per_sec": round(plain, 1),
+              "qat_images_per_sec": round(qat, 1),
+              "qat_time_over_plain": round(plain / qat, 3), "cpu_count": os.cpu_count()}
+    print(json.dumps(result) if args.json else
+          f"plain {plain:.1f} img/s, quantization-aware {qat:.1f} img/s "
+          f"({plain / qat:.2f}x the time)")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,17 @@ def _fake_quant(x, low, high, narrow_range=False, axis=None):
         narrow_range=narrow_range, axis=axis)
 
 
+@tf.custom_gradient
+def _rounded_activation(x, low, high):
+    """x on the int8 grid over [low, high]; the gradient passes straight
+    through. (FakeQuant's own gradient op also computes the gradients of low
+    and high, two more reductions per tensor that tracked ranges never use:
+    most of what QAT cost on top of a plain step, BENCHMARKS.md.)"""
+    def grad(upstream):
+        return upstream, None, None
+    return tf.quantization.fake_quant_with_min_max_vars(x, low, high, num_bits=8), grad
+
+
 def quantized_kernel(kernel, channels_last: int):
     """`kernel` rounded per output channel on the converter's symmetric int8
     grid; the output channels are its last `channels_last` axes, flattened (a
@@ -126,7 +137,7 @@ class _Ranges(_Quantizing):
             x32 = tf.cast(x, tf.float32)
             low.assign(keep * low + (1 - keep) * tf.minimum(tf.reduce_min(x32), 0.0))
             high.assign(keep * high + (1 - keep) * tf.maximum(tf.reduce_max(x32), 0.0))
-        return tf.cast(_fake_quant(tf.cast(x, tf.float32), low, high), x.dtype)
+        return tf.cast(_rounded_activation(tf.cast(x, tf.float32), low, high), x.dtype)
 
     def compute_output_spec(self, x, training=None):
         return keras.KerasTensor(x.shape, x.dtype)

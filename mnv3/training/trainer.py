@@ -214,10 +214,14 @@ class Trainer:
         self.keeper.save(0, self.data_layout())
         self.log.record(record)
 
-    def _train_epoch(self, epoch: int):
-        cfg, spe = self.cfg.train, self.steps_per_epoch
+    def enter_epoch(self, epoch: int) -> None:
+        """Sets up the phase `epoch` is in (what trains, int8 rounding or not)."""
         if self.phases.enter(epoch):
             self._trace_steps()
+
+    def _train_epoch(self, epoch: int):
+        cfg, spe = self.cfg.train, self.steps_per_epoch
+        self.enter_epoch(epoch)
         size = train_image_size(self.cfg, epoch)
         if self.cfg.data.train_image_sizes and size != self._train_size:
             say(f"epoch {epoch + 1} on: training at {size} px")
