@@ -87,6 +87,23 @@ def test_the_int8_file_takes_every_trained_range_and_computes_what_the_qat_model
     assert np.abs(int8 - simulated).mean() < 0.5 * np.abs(int8 - unrounded).mean()
 
 
+def test_a_segmenter_takes_every_trained_range_too():
+    cfg = config_lib.load(None, ["task.name=segmentation", "model.alpha=0.35",
+                                 "data.image_size=64", "data.num_classes=4"])
+    task = tasks.get(cfg)
+    copy = qat.quantize_aware(task.build(cfg), float_layers(task.build(cfg)))
+    qat.set_quantizing(copy, True)
+    rng = np.random.default_rng(0)
+    copy(rng.uniform(0, 255, (4, 64, 64, 3)).astype("float32"), training=True)
+    graph = export_graph(copy, partial(task.build, cfg), INT8)
+    samples = [scale_input(rng.uniform(0, 255, (64, 64, 3)).astype("float32"))[None]]
+    provenance = {}
+    convert(graph.model, INT8, samples, output_range=task.export.output_range(),
+            float_ops=task.export.float_ops, float_layers=float_layers(graph.model),
+            trained_ranges=graph.ranges, provenance=provenance)
+    assert provenance["calibrated"] == 0 and provenance["trained"] > 100
+
+
 def test_qat_epochs_past_the_run_are_refused():
     with pytest.raises(config_lib.ConfigError, match="train.qat_epochs: 3 is more than"):
         tiny_cfg("train.epochs=2", "train.qat_epochs=3")

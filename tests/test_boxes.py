@@ -1,0 +1,142 @@
+"""Detection annotations (#28): COCO and Pascal VOC folders read to the same
+boxes, and every kind of bad annotation refused in one line."""
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnv3.data.boxes import read_boxes
+from mnv3.errors import UserError
+from tests.conftest import SHARED_DATA
+
+FRUITS = os.path.join(SHARED_DATA, "fruits", "train")
+
+# Two photos: 100 x 50 with a cat and a dog, 40 x 60 with nothing.
+PHOTOS = {"a.jpg": (100, 50), "b.jpg": (40, 60)}
+CATEGORIES = [{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}]
+ANNOTATIONS = [  # [x, y, width, height] in pixels
+    {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 5, 30, 20]},
+    {"id": 2, "image_id": 1, "category_id": 7, "bbox": [50, 0, 50, 50]},
+]
+
+
+def _photos(folder):
+    os.makedirs(folder, exist_ok=True)
+    for name, size in PHOTOS.items():
+        Image.new("RGB", size, (200, 100, 50)).save(os.path.join(folder, name))
+
+
+def make_coco(root, annotations=ANNOTATIONS, images=None, categories=CATEGORIES):
+    _photos(os.path.join(root, "data"))
+    images = images or [{"id": i + 1, "file_name": name, "width": w, "height": h}
+                        for i, (name, (w, h)) in enumerate(PHOTOS.items())]
+    with open(os.path.join(root, "labels.json"), "w") as f:
+        json.dump({"images": images, "annotations": annotations,
+                   "categories": categories}, f)
+    return str(root)
+
+
+def make_voc(root):
+    _photos(os.path.join(root, "JPEGImages"))
+    os.makedirs(os.path.join(root, "Annotations"))
+    names = {c["id"]: c["name"] for c in CATEGORIES}
+    for i, (name, (w, h)) in enumerate(PHOTOS.items()):
+        objects = "".join(
+            f"<object><name>{names[a['category_id']]}</name><bndbox>"
+            f"<xmin>{a['bbox'][0]}</xmin><ymin>{a['bbox'][1]}</ymin>"
+            f"<xmax>{a['bbox'][0] + a['bbox'][2]}</xmax>"
+            f"<ymax>{a['bbox'][1] + a['bbox'][3]}</ymax></bndbox></object>"
+            for a in ANNOTATIONS if a["image_id"] == i + 1)
+        with open(os.path.join(root, "Annotations", name.replace(".jpg", ".xml")), "w") as f:
+            f.write(f"<annotation><filename>{name}</filename><size><width>{w}</width>"
+                    f"<height>{h}</height></size>{objects}</annotation>")
+    return str(root)
+
+
+def test_coco_and_voc_folders_give_the_same_boxes(tmp_path):
+    coco, voc = read_boxes(make_coco(tmp_path / "coco")), read_boxes(make_voc(tmp_path / "voc"))
+    assert coco.names == voc.names == ["cat", "dog"]  # COCO: by id; VOC: sorted
+    assert [os.path.basename(p) for p in coco.images] == ["a.jpg", "b.jpg"]
+    # [ymin, xmin, ymax, xmax] in 0..1 of the 100 x 50 photo.
+    np.testing.assert_allclose(coco.boxes[0], [[0.1, 0.1, 0.5, 0.4], [0.0, 0.5, 1.0, 1.0]])
+    assert coco.classes[0].tolist() == [0, 1]
+    assert coco.boxes[1].shape == (0, 4) and coco.classes[1].shape == (0,)  # background
+    for a, b in zip(coco.boxes, voc.boxes):
+        np.testing.assert_allclose(a, b)
+    assert [c.tolist() for c in coco.classes] == [c.tolist() for c in voc.classes]
+
+
+@pytest.mark.skipif(not os.path.isdir(FRUITS), reason="../shared/data/fruits not present")
+def test_the_fruit_photos_read_whole():
+    fruits = read_boxes(FRUITS)
+    assert len(fruits) == 214 and fruits.box_count == 426
+    assert fruits.names == ["apple", "banana", "orange"]
+    boxes = np.concatenate(fruits.boxes)
+    assert (boxes >= 0).all() and (boxes <= 1).all()
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+
+
+def _bad_box(bbox):
+    return [{**ANNOTATIONS[0], "bbox": bbox}]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(annotations=_bad_box([90, 5, 30, 20])), "annotation 1 (a.jpg): box x 90..120, "
+                                                  "y 5..25 lies outside its 100x50 image"),
+    (dict(annotations=_bad_box([-5, 5, 30, 20])), "lies outside"),
+    (dict(annotations=_bad_box([10, 5, 0, 20])), "has no area"),
+    (dict(annotations=_bad_box([10, 5, 30, -2])), "has no area"),
+    (dict(annotations=[{**ANNOTATIONS[0], "category_id": 4}]),
+     "category_id 4 is not among the categories (3, 7)"),
+    (dict(annotations=[{**ANNOTATIONS[0], "image_id": 9}]), "image_id 9 is not among"),
+    (dict(annotations=[{"id": 1, "image_id": 1}]), "needs image_id, category_id and bbox"),
+    (dict(images=[{"id": 1, "file_name": "a.jpg", "width": 100, "height": 60},
+                  {"id": 2, "file_name": "b.jpg", "width": 40, "height": 60}]),
+     "a.jpg: the annotations say 100x60 but the image is 100x50"),
+    (dict(images=[{"id": 1, "file_name": "gone.jpg", "width": 100, "height": 50}]),
+     "gone.jpg: listed in the annotations but not found"),
+    (dict(categories=[{"id": 3}]), "not COCO detection labels"),
+])
+def test_each_bad_annotation_is_one_line_naming_its_file(tmp_path, change, message):
+    root = make_coco(tmp_path, **change)
+    with pytest.raises(UserError) as raised:
+        read_boxes(root)
+    text = str(raised.value)
+    assert message in text and "\n" not in text
+    assert root in text  # the file it is about
+
+
+def test_damaged_json_and_voc_xml_are_one_line(tmp_path):
+    root = make_coco(tmp_path / "coco")
+    with open(os.path.join(root, "labels.json"), "w") as f:
+        f.write('{"images": [')
+    with pytest.raises(UserError, match="labels.json: cannot be read as COCO JSON"):
+        read_boxes(root)
+    voc = make_voc(tmp_path / "voc")
+    with open(os.path.join(voc, "Annotations", "a.xml"), "w") as f:
+        f.write("<annotation><size>")
+    with pytest.raises(UserError, match="a.xml: not valid XML"):
+        read_boxes(voc)
+    with open(os.path.join(voc, "Annotations", "a.xml"), "w") as f:
+        f.write("<annotation><size><width>100</width><height>50</height></size>"
+                "<object><name>cat</name></object></annotation>")
+    with pytest.raises(UserError, match="a.xml: needs <size>"):
+        read_boxes(voc)
+    with pytest.raises(UserError, match="neither a COCO folder"):
+        read_boxes(str(tmp_path))
+
+
+def test_an_image_that_does_not_decode_is_skipped_with_a_warning(tmp_path, caplog):
+    root = make_coco(tmp_path)
+    with open(os.path.join(root, "data", "b.jpg"), "wb") as f:
+        f.write(b"not a jpeg")
+    with caplog.at_level(logging.WARNING):
+        boxes = read_boxes(root)
+    assert [os.path.basename(p) for p in boxes.images] == ["a.jpg"]
+    assert "skipping 1 file(s)" in caplog.text and "b.jpg" in caplog.text
+    with pytest.raises(UserError, match="b.jpg: .*data.strict is on"):
+        read_boxes(root, strict=True)
