@@ -140,3 +140,65 @@ def test_an_image_that_does_not_decode_is_skipped_with_a_warning(tmp_path, caplo
     assert "skipping 1 file(s)" in caplog.text and "b.jpg" in caplog.text
     with pytest.raises(UserError, match="b.jpg: .*data.strict is on"):
         read_boxes(root, strict=True)
+
+
+# --- box-aware augmentation -----------------------------------------------------------
+
+COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)  # by class
+
+
+def coloured_photo(height=120, width=160):
+    """Three solid boxes, one per class colour, on black: (pixels, boxes, classes)."""
+    boxes = np.array([[0.1, 0.05, 0.5, 0.4], [0.3, 0.5, 0.9, 0.7], [0.6, 0.1, 0.95, 0.45]],
+                     np.float32)
+    pixels = np.zeros((height, width, 3), np.uint8)
+    for (y0, x0, y1, x1), colour in zip(boxes, COLOURS):
+        pixels[round(y0 * height):round(y1 * height), round(x0 * width):round(x1 * width)] \
+            = colour
+    return pixels, boxes, np.arange(3, dtype=np.int32)
+
+
+def box_interiors(image, boxes, margin=3):
+    """The pixels inside each box, `margin` pixels in from its edges."""
+    size = image.shape[0]
+    for y0, x0, y1, x1 in boxes:
+        top, left = int(y0 * size) + margin, int(x0 * size) + margin
+        bottom, right = int(y1 * size) - margin, int(x1 * size) - margin
+        if bottom > top and right > left:
+            yield image[top:bottom, left:right].reshape(-1, 3)
+
+
+def test_augmented_boxes_still_frame_their_objects():
+    from mnv3.data.box_augment import eval_view, train_view
+
+    pixels, boxes, classes = coloured_photo()
+    seen = set()
+    for i in range(40):
+        image, out_boxes, out_classes = (np.asarray(t) for t in train_view(
+            pixels, boxes, classes, tf_seed(i), 96))
+        assert image.shape == (96, 96, 3) and image.dtype == np.uint8
+        assert len(out_boxes) == len(out_classes) <= 3
+        assert ((out_boxes >= 0) & (out_boxes <= 1)).all()
+        for inside, cls in zip(box_interiors(image, out_boxes), out_classes):
+            # Every pixel well inside a box is its object's colour.
+            np.testing.assert_allclose(inside.mean(0), COLOURS[cls], atol=12)
+            seen.add(int(cls))
+    assert seen == {0, 1, 2}
+    image, same, _ = (np.asarray(t) for t in eval_view(pixels, boxes, classes, 96))
+    np.testing.assert_array_equal(same, boxes)
+
+
+def test_a_flip_mirrors_the_boxes():
+    from mnv3.data.box_augment import flip_left_right
+
+    pixels, boxes, _ = coloured_photo()
+    image, flipped = (np.asarray(t) for t in flip_left_right(pixels, boxes))
+    np.testing.assert_allclose(flipped[0], [0.1, 0.6, 0.5, 0.95], atol=1e-6)
+    h, w = image.shape[:2]
+    for (y0, x0, y1, x1), colour in zip(flipped, COLOURS):
+        corners = image[[int(y0 * h) + 2, int(y1 * h) - 3], [int(x0 * w) + 2, int(x1 * w) - 3]]
+        assert (corners == colour).all()
+
+
+def tf_seed(i):
+    return np.array([i, 7], np.int64)

@@ -1,0 +1,85 @@
+"""Box-aware views of a detection photo, as tf.data map functions: the crop,
+flip and resize move the boxes with the pixels.
+
+The training view is SSD's (Liu et al. 2016, section 3.6): a random crop that
+keeps at least a chosen share of some box (the share drawn from
+MIN_COVERED, 0 meaning any crop), a horizontal flip, and a resize to the
+model's square input. A box stays when its centre lies inside the crop (SSD's
+rule: a box cut through the middle is still that object), clipped to the crop.
+The crop is found by tf.image's sample_distorted_bounding_box, whose
+min_object_covered is that share of a box's area.
+
+Boxes are [ymin, xmin, ymax, xmax] in 0..1 of the image (data/boxes.py), a
+variable number per photo; images stay uint8 0..255 RGB like the other tasks'.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from mnv3.data.preprocess import decode, to_uint8
+
+MIN_COVERED = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)  # SSD's choices (its "whole image" aside)
+CROP_AREA = (0.1, 1.0)  # of the photo
+CROP_ASPECT = (0.5, 2.0)
+MIN_SIDE = 1e-3  # a box thinner than this (of the view) after clipping is dropped
+
+
+def _resize(image, size: int):
+    return to_uint8(tf.image.resize(image, [size, size], method="bilinear"))
+
+
+def _crop(image, boxes, classes, seed):
+    """A random SSD crop of decoded `image`, with the boxes whose centres it holds."""
+    pick_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    shares = tf.constant(MIN_COVERED)
+    share = tf.gather(shares, tf.random.stateless_uniform(
+        [], pick_seed, 0, len(MIN_COVERED), dtype=tf.int32))
+    # Without boxes there is nothing to cover: any crop of the right area.
+    anchor_boxes = tf.cond(tf.shape(boxes)[0] > 0, lambda: boxes,
+                           lambda: tf.constant([[0.0, 0.0, 1.0, 1.0]]))
+    begin, size, window = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), bounding_boxes=anchor_boxes[None], seed=crop_seed,
+        min_object_covered=share, aspect_ratio_range=CROP_ASPECT, area_range=CROP_AREA,
+        max_attempts=50, use_image_if_no_bounding_boxes=True)
+    image = tf.slice(image, begin, size)
+    window = tf.reshape(window, [4])
+    boxes, classes = _into_window(boxes, classes, window)
+    return image, boxes, classes
+
+
+def _into_window(boxes, classes, window):
+    """`boxes` in the coordinates of `window` (both in 0..1 of the same image),
+    keeping those whose centres lie inside it, clipped to it."""
+    y0, x0, y1, x1 = tf.unstack(window)
+    height, width = y1 - y0, x1 - x0
+    centre_y = (boxes[:, 0] + boxes[:, 2]) / 2
+    centre_x = (boxes[:, 1] + boxes[:, 3]) / 2
+    inside = (centre_y > y0) & (centre_y < y1) & (centre_x > x0) & (centre_x < x1)
+    moved = (boxes - tf.stack([y0, x0, y0, x0])) / tf.stack([height, width, height, width])
+    moved = tf.clip_by_value(moved, 0.0, 1.0)
+    big_enough = (moved[:, 2] - moved[:, 0] > MIN_SIDE) & (moved[:, 3] - moved[:, 1] > MIN_SIDE)
+    keep = inside & big_enough
+    return tf.boolean_mask(moved, keep), tf.boolean_mask(classes, keep)
+
+
+def flip_left_right(image, boxes):
+    flipped = tf.stack([boxes[:, 0], 1.0 - boxes[:, 3], boxes[:, 2], 1.0 - boxes[:, 1]],
+                       axis=1)
+    return tf.image.flip_left_right(image), flipped
+
+
+def train_view(image, boxes, classes, seed, size: int):
+    """SSD's augmentation of one photo (bytes or pixels): (size x size x 3
+    uint8, boxes, classes)."""
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image, boxes, classes = _crop(decode(image), boxes, classes, crop_seed)
+    flip = tf.random.stateless_uniform([], flip_seed) < 0.5
+    image, boxes = tf.cond(flip, lambda: flip_left_right(image, boxes),
+                           lambda: (image, boxes))
+    return _resize(image, size), boxes, classes
+
+
+def eval_view(image, boxes, classes, size: int):
+    """The whole photo resized to size x size (boxes in 0..1 are unchanged)."""
+    return _resize(decode(image), size), boxes, classes
