@@ -202,3 +202,25 @@ def test_a_flip_mirrors_the_boxes():
 
 def tf_seed(i):
     return np.array([i, 7], np.int64)
+
+
+def test_synthetic_shapes_come_with_tight_boxes_apart():
+    from mnv3.data.synthetic import DETECTION_CLASS_NAMES, generate_boxes
+
+    images, boxes, classes = generate_boxes(60, 64, seed=3)
+    assert images.shape == (60, 64, 64, 3)
+    assert sum(len(b) for b in boxes) >= 60 and all(len(b) == len(c)
+                                                    for b, c in zip(boxes, classes))
+    assert set(np.concatenate(classes)) == set(range(len(DETECTION_CLASS_NAMES)))
+    for image, photo_boxes in zip(images.astype(np.float32), boxes):
+        background = np.median(image.reshape(-1, 3), 0)
+        far = np.linalg.norm(image - background, axis=-1) > 80  # a shape's pixels (noise: 12)
+        covered = np.zeros(far.shape, bool)
+        for y0, x0, y1, x1 in (photo_boxes * 64).round().astype(int):
+            inside = far[y0:y1, x0:x1]
+            # Tight: the shape reaches every edge of its box.
+            assert inside[0].any() and inside[-1].any()
+            assert inside[:, 0].any() and inside[:, -1].any()
+            assert not covered[y0:y1, x0:x1].any()  # apart from the others
+            covered[y0:y1, x0:x1] = True
+        assert not (far & ~covered).any()  # no shape pixel outside every box

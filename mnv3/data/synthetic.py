@@ -14,9 +14,14 @@ CLASS_NAMES = ["disc", "square", "triangle", "ring", "cross",
                "horizontal_stripes", "vertical_stripes", "checkerboard", "dots", "frame"]
 
 
-def _shape_mask(kind: str, yy, xx, size: int, rng) -> np.ndarray:
-    cy, cx = rng.uniform(0.3, 0.7, 2) * size
-    r = rng.uniform(0.15, 0.3) * size
+def _shape_mask(kind: str, yy, xx, size: int, rng, fill: bool = False) -> np.ndarray:
+    """A shape at a random place and size; `fill`: centred, filling the square."""
+    if fill:
+        cy = cx = size / 2
+        r = 0.48 * size
+    else:
+        cy, cx = rng.uniform(0.3, 0.7, 2) * size
+        r = rng.uniform(0.15, 0.3) * size
     dy, dx = yy - cy, xx - cx
     if kind == "disc":
         return dy ** 2 + dx ** 2 <= r ** 2
@@ -114,3 +119,63 @@ def generate_masks(count: int, size: int, seed: int = 0,
         image += rng.normal(0, 12, image.shape)
         images[i] = np.clip(image, 0, 255).astype(np.uint8)
     return images, masks
+
+
+# Detection: the segmentation shapes, apart, each with its box.
+DETECTION_CLASS_NAMES = SHAPES
+
+
+def generate_boxes(count: int, size: int, seed: int = 0, max_shapes: int = 3
+                   ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """`count` uint8 images (count x size x size x 3) with 1..max_shapes shapes
+    each, none touching another, and per image their boxes (N x 4 [ymin, xmin,
+    ymax, xmax] in 0..1, tight around the shape's pixels) and classes (N,
+    indices into DETECTION_CLASS_NAMES)."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((count, size, size, 3), np.uint8)
+    all_boxes, all_classes = [], []
+    for i in range(count):
+        background = rng.uniform(0, 255, 3)
+        image = np.broadcast_to(background, (size, size, 3)).copy()
+        taken = np.zeros((size, size), bool)
+        boxes, classes = [], []
+        for _ in range(rng.integers(1, max_shapes + 1)):
+            placed = _place_shape(rng, size, taken)
+            if placed is None:
+                continue  # no room left apart from the others
+            label, mask = placed
+            while True:  # each shape stands out from the background
+                colour = rng.uniform(0, 255, 3)
+                if np.linalg.norm(colour - background) > 120:
+                    break
+            image[mask] = colour
+            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            boxes.append([rows[0] / size, cols[0] / size,
+                          (rows[-1] + 1) / size, (cols[-1] + 1) / size])
+            classes.append(label)
+            taken[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
+        image += rng.normal(0, 12, image.shape)
+        images[i] = np.clip(image, 0, 255).astype(np.uint8)
+        all_boxes.append(np.asarray(boxes, np.float32).reshape(-1, 4))
+        all_classes.append(np.asarray(classes, np.int32))
+    return images, all_boxes, all_classes
+
+
+def _place_shape(rng, size: int, taken: np.ndarray, tries: int = 20):
+    """A shape filling a random square patch (a fifth to a half of the image)
+    whose box, with a pixel's margin, touches no taken pixel: (class, mask)."""
+    for _ in range(tries):
+        side = int(rng.uniform(0.2, 0.5) * size)
+        y0, x0 = rng.integers(0, size - side + 1, 2)
+        margin = taken[max(y0 - 1, 0):y0 + side + 1, max(x0 - 1, 0):x0 + side + 1]
+        if margin.any():
+            continue
+        label = int(rng.integers(0, len(SHAPES)))
+        yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) + 0.5
+        patch = _shape_mask(SHAPES[label], yy, xx, side, rng, fill=True)
+        if not patch.any():
+            continue
+        mask = np.zeros((size, size), bool)
+        mask[y0:y0 + side, x0:x0 + side] = patch
+        return label, mask
+    return None
