@@ -16,7 +16,7 @@ PACKAGE = os.path.join(ROOT, "mnv3")
 LAYERS = [
     ("base", {"errors", "files", "console", "native_output", "tf_internals", "published"}),
     ("config", {"config"}),
-    ("parts", {"model", "data", "metrics", "results", "tflite", "run_dir"}),
+    ("parts", {"model", "data", "metrics", "coco", "results", "tflite", "run_dir"}),
     ("tasks", {"tasks"}),
     ("engines", {"training", "export"}),
     ("cli", {"cli", "summary", "predict"}),
