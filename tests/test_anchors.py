@@ -70,3 +70,21 @@ def test_matching_runs_in_a_tf_data_map():
                           tf.TensorSpec([None], tf.int32)))
     targets = [t.numpy() for _, t in photos.map(lambda b, c: match(anchors, b, c))]
     assert targets[0].max() == 2 and targets[0].sum() > 0 and not targets[1].any()
+
+
+def test_detect_decodes_and_suppresses_duplicates():
+    from mnv3.model.anchors import detect, encode
+
+    anchors = AnchorSpec().anchors(MAPS)
+    truth = tf.constant([[0.1, 0.2, 0.5, 0.6], [0.55, 0.5, 0.95, 0.9]])
+    matched, target = match(anchors, truth, tf.constant([1, 0]))
+    # Every matched anchor predicts its box exactly, sure of its class.
+    logits = tf.one_hot(target, 3) * 10.0
+    predictions = tf.concat([encode(matched, anchors), logits], -1)[None]
+    assert int(tf.reduce_sum(tf.cast(target > 0, tf.int32))) > 2  # duplicates to merge
+    boxes, scores, classes, counts = detect(predictions, anchors)
+    assert int(counts[0]) == 2
+    found = {int(c): b for b, c in zip(boxes[0, :2].numpy(), classes[0, :2].numpy())}
+    np.testing.assert_allclose(found[1], truth[0], atol=1e-5)
+    np.testing.assert_allclose(found[0], truth[1], atol=1e-5)
+    assert (scores[0, :2].numpy() > 0.99).all()

@@ -131,3 +131,19 @@ def decode(codes: tf.Tensor, anchors: tf.Tensor) -> tf.Tensor:
     centre = anchor_centre + codes[..., :2] * anchor_size
     size = tf.exp(codes[..., 2:]) * anchor_size
     return tf.concat([centre - size / 2, centre + size / 2], -1)
+
+
+def detect(predictions: tf.Tensor, anchors: tf.Tensor, max_detections: int = 100,
+           score_threshold: float = 0.05, iou_threshold: float = 0.6):
+    """Boxes from the detector's output [batch, anchors, 4 + 1 + classes]:
+    softmax scores, decoded boxes, then non-max suppression per class (as
+    TFLite's detection post-processing does on a phone). Returns (boxes
+    [batch, max, 4], scores [batch, max], classes [batch, max] int32, counts
+    [batch]); rows past a photo's count are padding."""
+    boxes = decode(predictions[..., :4], anchors)
+    scores = tf.nn.softmax(predictions[..., 4:])[..., 1:]  # without background
+    boxes, scores, classes, counts = tf.image.combined_non_max_suppression(
+        boxes[:, :, None], scores, max_output_size_per_class=max_detections,
+        max_total_size=max_detections, iou_threshold=iou_threshold,
+        score_threshold=score_threshold, clip_boxes=True)
+    return boxes, scores, tf.cast(classes, tf.int32), counts
