@@ -183,8 +183,8 @@ def _with_our_ranges(converter, samples, percentile, mode, output_range,
         # The quantizer crashes the process on a scale it cannot represent
         # (after printing "scale out of expressed type range"); refuse first.
         if not np.isfinite(np.float32(hi) - np.float32(lo)):
-            raise UserError(f"int8 calibration: tensor {_tensor_name(graph.tensors[i])} has the range [{lo}, {hi}]; "
-                            "the model's activations overflow "
+            raise UserError(f"int8 calibration: tensor {_tensor_name(graph.tensors[i])} has "
+                            f"the range [{lo}, {hi}]; the model's activations overflow "
                             "float32, so it cannot be quantized (retrain with a lower "
                             "train.learning_rate)")
     for i in slots:
