@@ -91,7 +91,8 @@ def test_a_segmenter_takes_every_trained_range_too():
     cfg = config_lib.load(None, ["task.name=segmentation", "model.alpha=0.35",
                                  "data.image_size=64", "data.num_classes=4"])
     task = tasks.get(cfg)
-    copy = qat.quantize_aware(task.build(cfg), float_layers(task.build(cfg)))
+    model = task.build(cfg)
+    copy = qat.quantize_aware(model, float_layers(model))
     qat.set_quantizing(copy, True)
     rng = np.random.default_rng(0)
     copy(rng.uniform(0, 255, (4, 64, 64, 3)).astype("float32"), training=True)

@@ -240,18 +240,16 @@ def _rounded_outputs(model: keras.Model, float_layers: Iterable[str]) -> set[str
 
 
 def _qat_layer(layer, floats: set[str]):
-    config = {**layer.get_config(), "quantizing": False}
-    if layer.name in floats:
-        return layer.__class__.from_config(layer.get_config())
-    if type(layer) is layers.Conv2D:
-        return QuantConv2D.from_config(config)
-    if type(layer) is layers.DepthwiseConv2D:
-        return QuantDepthwiseConv2D.from_config(config)
-    kind = _activation(layer)
-    if kind == "hard_swish":
-        return QuantHardSwish(name=layer.name)
-    if kind == "hard_sigmoid":
-        return QuantHardSigmoid(name=layer.name)
+    """The QAT form of `layer`, or a plain copy (the layers kept in float too)."""
+    if layer.name not in floats:
+        if type(layer) in (layers.Conv2D, layers.DepthwiseConv2D):
+            quant = QuantConv2D if type(layer) is layers.Conv2D else QuantDepthwiseConv2D
+            return quant.from_config({**layer.get_config(), "quantizing": False})
+        kind = _activation(layer)
+        if kind == "hard_swish":
+            return QuantHardSwish(name=layer.name)
+        if kind == "hard_sigmoid":
+            return QuantHardSigmoid(name=layer.name)
     return layer.__class__.from_config(layer.get_config())
 
 

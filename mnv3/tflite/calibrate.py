@@ -96,21 +96,27 @@ def record_ranges(float_model: bytes, tensors: Sequence[int], samples: Sequence[
 _SAME_VALUES = 1e-3
 
 
-def match_layers(float_model: bytes, keras_model, layer_names: Sequence[str],
+def _run_once(float_model: bytes, sample: np.ndarray):
+    """The float model run on `sample`, every tensor's value kept."""
+    runner = _every_tensor_kept(float_model)
+    runner.set_tensor(runner.get_input_details()[0]["index"], sample.astype(np.float32))
+    runner.invoke()
+    return runner
+
+
+def match_layers(runner, keras_model, layer_names: Sequence[str],
                  tensors: Sequence[int], sample: np.ndarray) -> dict[int, str]:
-    """{tensor: layer} for each of `tensors` of the converted `float_model` whose
-    values on `sample` are those of the output of one of the layers
-    `layer_names` of `keras_model`, the model it was converted from. By value,
-    not by the converter's tensor names, which are not published."""
+    """{tensor: layer} for each of `tensors` of the converted model, run on
+    `sample` by `runner` (_run_once), whose values are those of the output of
+    one of the layers `layer_names` of `keras_model`, the model it was
+    converted from. By value, not by the converter's tensor names, which are
+    not published."""
     import keras
 
     probe = keras.Model(keras_model.input,
                         [keras_model.get_layer(name).output for name in layer_names])
     outputs = probe.predict_on_batch(sample)
     outputs = [np.asarray(o).ravel() for o in (outputs if len(layer_names) > 1 else [outputs])]
-    runner = _every_tensor_kept(float_model)
-    runner.set_tensor(runner.get_input_details()[0]["index"], sample.astype(np.float32))
-    runner.invoke()
     matched = {}
     for i in tensors:
         values = runner.get_tensor(i).ravel()
@@ -209,14 +215,15 @@ def _tensor_name(tensor) -> str:
 def _trained_ranges(float_model, graph, trained, sample, tensors, float_nodes) -> dict:
     """{tensor: range} for the `tensors` that a quantization-aware model's
     trained ranges cover, and for those between ops kept in float, whose
-    ranges the quantizer never uses (one sample's extremes lay them out)."""
+    ranges the quantizer never uses (the sample's extremes lay them out)."""
     keras_model, layer_ranges = trained
-    matched = match_layers(float_model, keras_model, sorted(layer_ranges), tensors, sample)
+    runner = _run_once(float_model, sample)
+    matched = match_layers(runner, keras_model, sorted(layer_ranges), tensors, sample)
     ranges = {i: layer_ranges[name] for i, name in matched.items()}
-    unused = [i for i in tensors if i not in ranges
-              and _tensor_name(graph.tensors[i]) in float_nodes]
-    if unused:
-        ranges.update(record_ranges(float_model, unused, [sample], 100.0))
+    for i in tensors:
+        if i not in ranges and _tensor_name(graph.tensors[i]) in float_nodes:
+            values = runner.get_tensor(i)
+            ranges[i] = (float(values.min()), float(values.max()))
     return ranges
 
 

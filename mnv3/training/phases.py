@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 
 from mnv3.console import say
-from mnv3.model.quantize_aware import is_quantize_aware, set_quantizing
+from mnv3.model.quantize_aware import set_quantizing
 
 
 def backbone_variables(model, head_layers) -> list:
@@ -44,7 +44,7 @@ class Phases:
         made by quantize_aware; None: none."""
         self.model, self.head_layers, self.freeze_epochs = model, head_layers, freeze_epochs
         self.frozen_batch_norm = set(frozen_batch_norm)
-        self.qat_from = qat_from if is_quantize_aware(model) else None
+        self.qat_from = qat_from
         self._frozen = None
 
     def enter(self, epoch: int) -> bool:

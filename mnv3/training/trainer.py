@@ -85,7 +85,8 @@ class Trainer:
                              cfg.train.freeze_backbone_epochs,
                              frozen_batch_norm(cfg, self.model, self.task.head_layers, start,
                                                run_dir),
-                             qat_from=cfg.train.epochs - cfg.train.qat_epochs)
+                             qat_from=cfg.train.epochs - cfg.train.qat_epochs
+                             if cfg.train.qat_epochs else None)
         self._train_size = None  # the resolution of the epoch in progress
         self._trace_steps()
 
