@@ -26,6 +26,9 @@ class DetectionScore:
     _truth: list = field(default_factory=list)
     _found: list = field(default_factory=list)
     _photos: int = 0
+    # After result(): each class's precision at IoU 0.5 over COCO's 101 recall
+    # points (None where that recall is never reached).
+    curves: dict = field(default_factory=dict)
 
     def add(self, true_boxes, true_classes, boxes, classes, scores) -> None:
         """One photo: its ground truth, and the detections found in it."""
@@ -66,6 +69,7 @@ class DetectionScore:
         precision = evaluation.eval["precision"][:, :, :, 0, 2]
         per_class = {}
         for k, name in enumerate(self.class_names):
+            self.curves[name] = [None if p < 0 else float(p) for p in precision[0, :, k]]
             values = precision[:, :, k]
             values = values[values > -1]  # -1: a class without ground truth
             per_class[name] = float(values.mean()) if values.size else 0.0

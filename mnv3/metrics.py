@@ -90,6 +90,12 @@ def segmentation(num_classes: int, ignore_index: int) -> list[Metric]:
                    lambda total, count: iou_figures(total))]
 
 
+def detection() -> list[Metric]:
+    """The loss; a detector's mAP needs the whole set's detections at once
+    (tasks/detection.py scores them after the batches)."""
+    return [Metric("loss", _loss_sum, ("loss",))]
+
+
 def batch_sums(metrics: list[Metric], labels, scores, per_example_loss) -> dict:
     sums = {m.name: m.batch_sum(labels, scores, per_example_loss) for m in metrics}
     sums[COUNT] = tf.cast(tf.shape(labels)[0], tf.float32)

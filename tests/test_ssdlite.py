@@ -6,7 +6,7 @@ import pytest
 from mnv3 import config as config_lib
 from mnv3.model.anchors import AnchorSpec
 from mnv3.model.builder import build_model
-from mnv3.model.ssdlite import build_detector, map_sizes
+from mnv3.model.ssdlite import HEAD_LAYERS, HEAD_PREFIX, build_detector, map_sizes
 
 
 @pytest.mark.parametrize("variant, tap", [("small", "block8_expand_act"),
@@ -26,3 +26,7 @@ def test_the_detector_predicts_for_every_anchor_from_the_papers_maps(variant, ta
         0.6 * classifier.get_layer("head_conv").filters
     out = model(np.zeros((2, 128, 160, 3), np.float32))
     assert out.shape == (2, len(anchors), 8) and np.isfinite(out).all()
+    # Every layer past the backbone is a head layer (what trains while a
+    # pretrained backbone is frozen), and no backbone layer is.
+    assert {layer.name for layer in model.layers if layer.name.startswith(HEAD_PREFIX)} \
+        == set(HEAD_LAYERS)

@@ -12,21 +12,36 @@ def _check_task(cfg: Config):
     for key, value, task, default in fields_marked(cfg, "only_for"):
         if task != cfg.task.name and value != default:
             raise ConfigError(f"{key}: not for task.name: {cfg.task.name}")
-    segmentation = cfg.task.name == "segmentation"
-    if not segmentation:
+    if cfg.task.name == "classification":
         return
+    task = cfg.task.name
+    needs = "masks" if task == "segmentation" else "boxes"
+    reads = ("`folder` (images/ and masks/)" if task == "segmentation" else
+             "`folder` (a COCO or Pascal VOC folder)")
     if cfg.data.source not in ("synthetic", "folder"):
-        raise ConfigError(f"data.source: {cfg.data.source} has no masks; segmentation "
-                          "reads `folder` (images/ and masks/) or `synthetic`")
+        raise ConfigError(f"data.source: {cfg.data.source} has no {needs}; {task} "
+                          f"reads {reads} or `synthetic`")
     if cfg.model.remove_early_strides:
-        raise ConfigError("model.remove_early_strides: not for segmentation (use "
-                          "task.output_stride)")
+        raise ConfigError(f"model.remove_early_strides: not for {task}"
+                          + (" (use task.output_stride)" if task == "segmentation" else ""))
     if not cfg.model.include_top:
-        raise ConfigError("model.include_top: segmentation always has its head")
-    if cfg.data.ignore_index < cfg.data.num_classes:
+        raise ConfigError(f"model.include_top: {task} always has its head")
+    if task == "detection":
+        _check_anchors(cfg.task)
+    elif cfg.data.ignore_index < cfg.data.num_classes:
         raise ConfigError(f"data.ignore_index: {cfg.data.ignore_index} is a class "
                           f"(data.num_classes is {cfg.data.num_classes}); use a value "
                           f">= {cfg.data.num_classes}")
+
+
+def _check_anchors(task):
+    scales = task.anchor_scales
+    if len(scales) != 2 or not 0 < scales[0] < scales[1] <= 1:
+        raise ConfigError(f"task.anchor_scales: expected [smallest, largest] with "
+                          f"0 < smallest < largest <= 1, got {scales}")
+    if not task.aspect_ratios or any(not 0.05 <= r <= 20 for r in task.aspect_ratios):
+        raise ConfigError(f"task.aspect_ratios: expected one or more ratios, each "
+                          f"0.05-20, got {task.aspect_ratios}")
 
 
 def check_consistency(cfg: Config):

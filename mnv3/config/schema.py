@@ -31,20 +31,35 @@ def _field(default, help: str, *, min=None, max=None, min_exclusive=False,
 
 @dataclass
 class TaskConfig:
-    name: Literal["classification", "segmentation"] = _field(
-        "classification", "What the network predicts: a class per image, or a class "
-        "per pixel (the paper's LR-ASPP head; data needs masks).", checkpoint=True)
+    name: Literal["classification", "segmentation", "detection"] = _field(
+        "classification", "What the network predicts: a class per image, a class "
+        "per pixel (the paper's LR-ASPP head; data needs masks), or labelled boxes "
+        "(the paper's SSDLite head; data needs box annotations).", checkpoint=True)
     output_stride: Literal[8, 16, 32] = _field(
         16, "`segmentation`: the backbone's total stride; the stages past it run "
         "dilated for denser features (paper: 16; 8 costs more, 32 is undilated).",
         checkpoint=True)
     reduced_tail: bool = _field(
-        True, "`segmentation`: halve the channels of the last stage, as the paper's "
-        "segmentation models do (cheaper, no loss of accuracy there). These layers "
-        "then start afresh under model.init_from.", checkpoint=True)
+        True, "`segmentation`, `detection`: halve the channels of the last stage, as "
+        "the paper's segmentation and detection models do (cheaper, no loss of "
+        "accuracy there). These layers then start afresh under model.init_from.",
+        checkpoint=True)
     head_channels: int = _field(
         128, "`segmentation`: width of the LR-ASPP head's 1x1 branch (paper: 128).",
         min=8, max=4096, checkpoint=True)
+    anchor_scales: list[float] = _field(
+        [0.2, 0.95], "`detection`: [smallest, largest] anchor size, as a share of the "
+        "image side, spread evenly over the six detection maps (SSD's s_min, s_max).",
+        min=0.0, max=1.0, min_exclusive=True, only_for="detection", checkpoint=True)
+    aspect_ratios: list[float] = _field(
+        [1.0, 2.0, 0.5, 3.0, 0.3333], "`detection`: anchor width/height ratios on every "
+        "map but the first (which has 1, 2 and 1/2); each map adds a square between "
+        "its size and the next's.", min=0.05, max=20.0, only_for="detection",
+        checkpoint=True)
+    max_boxes: int = _field(
+        100, "`detection`: most labelled boxes in one photo (COCO's is under 100); a "
+        "photo with more is refused when the data is read.", min=1, max=1000,
+        only_for="detection")
 
 
 @dataclass

@@ -80,6 +80,20 @@ def train_view(image, boxes, classes, seed, size: int):
     return _resize(image, size), boxes, classes
 
 
-def eval_view(image, boxes, classes, size: int):
-    """The whole photo resized to size x size (boxes in 0..1 are unchanged)."""
-    return _resize(decode(image), size), boxes, classes
+def eval_view(image, size: int):
+    """The whole photo resized to size x size (its boxes in 0..1 stay as they are)."""
+    return _resize(decode(image), size)
+
+
+def unpadded(label):
+    """A padded label [max_boxes, 5] (data/boxes.py) -> its boxes [N, 4] and
+    classes [N] int32."""
+    rows = tf.boolean_mask(label, label[:, 4] >= 0)
+    return rows[:, :4], tf.cast(rows[:, 4], tf.int32)
+
+
+def padded(boxes, classes, max_boxes: int):
+    """Boxes [N <= max_boxes, 4] and classes [N] -> the padded label [max_boxes, 5]."""
+    rows = tf.concat([boxes, tf.cast(classes, tf.float32)[:, None]], 1)
+    rows = tf.pad(rows, [[0, max_boxes - tf.shape(rows)[0]], [0, 0]], constant_values=-1.0)
+    return tf.ensure_shape(rows, [max_boxes, 5])

@@ -19,6 +19,10 @@ the file's: one error line naming the file, before anything is written. An
 image that does not decode is skipped with a counted warning, as the
 classifier's folders do (an error with data.strict). Images without boxes are
 kept: they teach the detector what is background.
+
+In the input pipeline a photo's label is one fixed-size float32 array,
+[max_boxes, 5]: a row per box (ymin, xmin, ymax, xmax, class id), then rows
+of PADDING (class -1), so photos with any number of boxes batch together.
 """
 
 from __future__ import annotations
@@ -31,8 +35,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from mnv3.config import DataConfig
+from mnv3.data import synthetic
 from mnv3.data.classes import check_class_name
 from mnv3.data.folder import check_images
+from mnv3.data.sources import Source, file_split, holdout, in_memory_split
 from mnv3.errors import UserError
 
 # A box may overrun its image by this many pixels (annotation tools round
@@ -192,3 +199,59 @@ def _checked_images(records, names: list[str], strict: bool, where: str) -> Boxe
     if not kept.images:
         raise UserError(f"{where}: none of the {len(records)} images can be read")
     return kept
+
+
+PADDING = -1.0  # the class column of a label row that holds no box
+
+
+def padded(boxes: np.ndarray, classes: np.ndarray, max_boxes: int) -> np.ndarray:
+    """One photo's label: [max_boxes, 5], its boxes then PADDING rows."""
+    label = np.full((max_boxes, 5), PADDING, np.float32)
+    label[:len(boxes), :4] = boxes
+    label[:len(boxes), 4] = classes
+    return label
+
+
+def _labels(found: Boxes, max_boxes: int, where: str) -> np.ndarray:
+    for i, boxes in enumerate(found.boxes):
+        if len(boxes) > max_boxes:
+            raise UserError(f"{found.images[i] if found.images else where}: "
+                            f"{len(boxes)} boxes, more than task.max_boxes ({max_boxes}); "
+                            "raise it")
+    return np.stack([padded(b, c, max_boxes) for b, c in zip(found.boxes, found.classes)])
+
+
+def load_source(cfg: DataConfig, max_boxes: int, seed: int = 0) -> Source:
+    """Train and eval splits of (image, padded label) pairs from `synthetic`
+    shapes or a COCO / VOC folder; problems raise UserError."""
+    if cfg.source == "synthetic":
+        names = list(synthetic.DETECTION_CLASS_NAMES)
+        if cfg.num_classes != len(names):
+            raise UserError(f"data.num_classes is {cfg.num_classes} but the synthetic "
+                            f"detection set has {len(names)} classes")
+        images, boxes, classes = synthetic.generate_boxes(cfg.synthetic_images,
+                                                          cfg.image_size, seed)
+        labels = _labels(Boxes([], boxes, classes, names), max_boxes, "synthetic")
+        train, held = holdout(np.zeros(len(images)), cfg.val_fraction)
+        return Source(in_memory_split(images[train], labels[train]),
+                      in_memory_split(images[held], labels[held]), names)
+
+    found = read_boxes(cfg.train_dir, cfg.strict)
+    if cfg.num_classes != len(found.names):
+        raise UserError(f"data.num_classes is {cfg.num_classes} but {cfg.train_dir} has "
+                        f"{len(found.names)} classes ({', '.join(found.names)})")
+    labels = _labels(found, max_boxes, cfg.train_dir)
+    if cfg.eval_dir:
+        held_out = read_boxes(cfg.eval_dir, cfg.strict)
+        if held_out.names != found.names:
+            raise UserError(f"{cfg.eval_dir}: its classes ({', '.join(held_out.names)}) "
+                            f"differ from {cfg.train_dir}'s ({', '.join(found.names)})")
+        return Source(file_split(found.images, labels, np.float32),
+                      file_split(held_out.images, _labels(held_out, max_boxes, cfg.eval_dir),
+                                 np.float32), found.names)
+    train, held = holdout(np.zeros(len(found)), cfg.val_fraction)
+    if len(train) == 0:
+        raise UserError(f"{cfg.train_dir}: too few images to hold out a validation split")
+    return Source(file_split([found.images[i] for i in train], labels[train], np.float32),
+                  file_split([found.images[i] for i in held], labels[held], np.float32),
+                  found.names)

@@ -51,15 +51,15 @@ def _check_classes(found: int, cfg: DataConfig, where: str):
                         f"{found} classes")
 
 
-def _in_memory_split(images, labels) -> Split:
+def in_memory_split(images, labels) -> Split:
     def make(seed):
         ds = tf.data.Dataset.from_tensor_slices((images, labels))
         return ds if seed is None else ds.shuffle(len(labels), seed=seed)
     return Split(make, len(labels))
 
 
-def _file_split(paths, labels) -> Split:
-    paths, labels = list(paths), np.asarray(labels, np.int32)
+def file_split(paths, labels, dtype=np.int32) -> Split:
+    paths, labels = list(paths), np.asarray(labels, dtype)
 
     def make(seed):
         ds = tf.data.Dataset.from_tensor_slices((paths, labels))
@@ -74,8 +74,8 @@ def _synthetic(cfg: DataConfig, seed: int) -> Source:
     _check_classes(len(synthetic.CLASS_NAMES), cfg, "the synthetic dataset")
     images, labels = synthetic.generate(cfg.synthetic_images, cfg.image_size, seed)
     train_idx, eval_idx = holdout(labels, cfg.val_fraction)
-    return Source(_in_memory_split(images[train_idx], labels[train_idx]),
-                  _in_memory_split(images[eval_idx], labels[eval_idx]),
+    return Source(in_memory_split(images[train_idx], labels[train_idx]),
+                  in_memory_split(images[eval_idx], labels[eval_idx]),
                   list(synthetic.CLASS_NAMES))
 
 
@@ -88,13 +88,13 @@ def _folder(cfg: DataConfig) -> Source:
         # With a fixed list, each folder's label is its place in the list.
         if not fixed and evaluation.class_names != train.class_names:
             raise UserError(f"{cfg.eval_dir}: class folders differ from {cfg.train_dir}'s")
-        return Source(_file_split(train.paths, train.labels),
-                      _file_split(evaluation.paths, evaluation.labels), train.class_names)
+        return Source(file_split(train.paths, train.labels),
+                      file_split(evaluation.paths, evaluation.labels), train.class_names)
     train_idx, eval_idx = holdout(train.labels, cfg.val_fraction)
     if len(train_idx) == 0:
         raise UserError(f"{cfg.train_dir}: too few images to hold out a validation split")
     pick = lambda idx: ([train.paths[i] for i in idx], [train.labels[i] for i in idx])
-    return Source(_file_split(*pick(train_idx)), _file_split(*pick(eval_idx)),
+    return Source(file_split(*pick(train_idx)), file_split(*pick(eval_idx)),
                   train.class_names)
 
 

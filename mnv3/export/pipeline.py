@@ -93,11 +93,12 @@ def _load_trained(run_dir, cfg: Config, task: Task):
         if not np.all(np.isfinite(weight.numpy())):
             raise UserError(f"{run_dir.best_model}: non-finite values in {weight.path}; "
                             "this model cannot be exported (retrain it)")
-    labels = run_dir.read_labels(expected=model.output.shape[-1])
+    classes = task.export.classes_given(model)
+    labels = run_dir.read_labels(expected=classes)
     expected = (*task.input_size, 3)
     if tuple(model.input.shape[1:]) != expected or len(labels) != cfg.data.num_classes:
         raise UserError(f"{run_dir.best_model}: model takes {tuple(model.input.shape[1:])} "
-                        f"and gives {model.output.shape[-1]} classes, but the config says "
+                        f"and gives {classes} classes, but the config says "
                         f"{expected} and {cfg.data.num_classes} ({len(labels)} labels)")
     return model, labels
 
@@ -204,7 +205,7 @@ def export_mode(target: Target, mode: Mode, data: EvalData,
                      float_layers=float_layers(graph.model) if cfg.export.int8_float_stem
                      else (),
                      trained_ranges=graph.ranges if cfg.export.int8_ranges == "trained"
-                     else None, provenance=provenance)
+                     else None, provenance=provenance, serve=task_export.serving(graph.model))
     mean, std = mode.normalization
     tflite = task_export.metadata(tflite, name=target.name,
                                   description=target.description, labels=target.labels,
@@ -224,7 +225,7 @@ def export_mode(target: Target, mode: Mode, data: EvalData,
     progress = Progress(reference.count, f"{mode.name}: evaluating")
     card = task_export.scorecard(target.labels, reference)
     for images, truth in data.batches():
-        card.add(images, truth, np.stack([model(x) for x in images]))
+        card.add(images, truth, _stacked([model(x) for x in images]))
         progress.add(len(images))
     progress.close()
     if card.count != reference.count:
@@ -235,6 +236,13 @@ def export_mode(target: Target, mode: Mode, data: EvalData,
             "size_mb": round(len(tflite) / 2**20, 2), "latency_ms": None,
             **({"int8_ranges": int8_ranges(provenance)} if provenance else {}),
             **card.row()}, model
+
+
+def _stacked(outputs: list):
+    """One batch from per-image outputs (arrays, or {name: array})."""
+    if isinstance(outputs[0], dict):
+        return {name: np.stack([o[name] for o in outputs]) for name in outputs[0]}
+    return np.stack(outputs)
 
 
 def int8_ranges(provenance: dict) -> str:

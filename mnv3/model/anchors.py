@@ -76,8 +76,9 @@ class AnchorSpec:
 
 
 def iou(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-    """Intersection over union of every box in a [N, 4] with every box in b [M, 4]: [N, M]."""
-    a, b = a[:, None], b[None]
+    """Intersection over union of every box in a [..., N, 4] with every box in
+    b [..., M, 4]: [..., N, M] (leading dimensions broadcast)."""
+    a, b = a[..., :, None, :], b[..., None, :, :]
     top_left = tf.maximum(a[..., :2], b[..., :2])
     bottom_right = tf.minimum(a[..., 2:], b[..., 2:])
     intersection = tf.reduce_prod(tf.maximum(bottom_right - top_left, 0.0), -1)
@@ -85,29 +86,50 @@ def iou(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     return intersection / tf.maximum(area(a) + area(b) - intersection, 1e-9)
 
 
+def match_batch(anchors: tf.Tensor, truth: tf.Tensor, threshold: float = 0.5
+                ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Matches a batch of photos' boxes to the anchors [N, 4]. `truth` [B, M, 5]:
+    per photo M rows (ymin, xmin, ymax, xmax, class id), rows with a negative
+    class being padding (data/boxes.py). Returns per anchor the matched box
+    ([B, N, 4]; the anchor itself for background) and the class target ([B, N]
+    int32: 0 background, c + 1 for class c)."""
+    boxes, classes = truth[..., :4], tf.cast(truth[..., 4], tf.int32)
+    valid = classes >= 0  # [B, M]
+    overlaps = tf.where(valid[:, None, :], iou(anchors, boxes), -1.0)  # [B, N, M]
+    best_box = tf.argmax(overlaps, 2, output_type=tf.int32)  # [B, N]
+    best_overlap = tf.reduce_max(overlaps, 2)
+    # Every box keeps the anchor it overlaps most, whatever the threshold.
+    photo_box = tf.where(valid)  # [K, 2]: (photo, box) of each real box
+    best_anchor = tf.gather_nd(tf.argmax(overlaps, 1), photo_box)  # [K]
+    forced = tf.tensor_scatter_nd_update(  # box index + 1, or 0
+        tf.zeros(tf.shape(best_box), tf.int32),
+        tf.stack([photo_box[:, 0], best_anchor], 1),
+        tf.cast(photo_box[:, 1], tf.int32) + 1)
+    best_box = tf.where(forced > 0, forced - 1, best_box)
+    positive = (best_overlap >= threshold) | (forced > 0)
+    target = tf.where(positive, tf.gather(classes, best_box, batch_dims=1) + 1, 0)
+    matched = tf.where(positive[..., None], tf.gather(boxes, best_box, batch_dims=1),
+                       anchors)
+    return matched, target
+
+
 def match(anchors: tf.Tensor, boxes: tf.Tensor, classes: tf.Tensor,
           threshold: float = 0.5) -> tuple[tf.Tensor, tf.Tensor]:
-    """Per anchor: the matched ground-truth box ([N, 4]; the anchor itself for
-    background) and its class target ([N] int32: 0 background, c + 1 for
-    class c). `boxes` [M, 4] and `classes` [M] may be empty."""
-    def matched():
-        overlaps = iou(anchors, boxes)  # [N, M]
-        best_box = tf.argmax(overlaps, 1, output_type=tf.int32)
-        best_overlap = tf.reduce_max(overlaps, 1)
-        # Every box keeps the anchor it overlaps most, whatever the threshold.
-        best_anchor = tf.argmax(overlaps, 0, output_type=tf.int32)  # [M]
-        forced = tf.tensor_scatter_nd_update(  # box index + 1, or 0
-            tf.zeros(tf.shape(anchors)[:1], tf.int32), best_anchor[:, None],
-            tf.range(tf.shape(boxes)[0]) + 1)
-        best_box = tf.where(forced > 0, forced - 1, best_box)
-        positive = (best_overlap >= threshold) | (forced > 0)
-        target = tf.where(positive, tf.gather(classes, best_box) + 1, 0)
-        return tf.where(positive[:, None], tf.gather(boxes, best_box), anchors), target
+    """match_batch for one photo: `boxes` [M, 4] and `classes` [M] (M may be
+    0); the matched boxes [N, 4] and class targets [N]."""
+    truth = tf.concat([tf.cast(boxes, tf.float32),
+                       tf.cast(classes, tf.float32)[:, None]], 1)
+    truth = tf.concat([truth, -tf.ones([1, 5])], 0)  # a padding row: M may be 0
+    matched, target = match_batch(anchors, truth[None], threshold)
+    return matched[0], target[0]
 
-    def background():
-        return anchors, tf.zeros(tf.shape(anchors)[:1], tf.int32)
 
-    return tf.cond(tf.shape(boxes)[0] > 0, matched, background)
+def targets(anchors: tf.Tensor, truth: tf.Tensor, threshold: float = 0.5) -> tf.Tensor:
+    """What the detector should output for a batch of padded labels [B, M, 5]:
+    per anchor the encoded box and the class target, [B, N, 5] (DetectionLoss's
+    labels)."""
+    matched, target = match_batch(anchors, truth, threshold)
+    return tf.concat([encode(matched, anchors), tf.cast(target, tf.float32)[..., None]], -1)
 
 
 def _centre_size(boxes):
@@ -133,17 +155,30 @@ def decode(codes: tf.Tensor, anchors: tf.Tensor) -> tf.Tensor:
     return tf.concat([centre - size / 2, centre + size / 2], -1)
 
 
-def detect(predictions: tf.Tensor, anchors: tf.Tensor, max_detections: int = 100,
-           score_threshold: float = 0.05, iou_threshold: float = 0.6):
-    """Boxes from the detector's output [batch, anchors, 4 + 1 + classes]:
-    softmax scores, decoded boxes, then non-max suppression per class (as
-    TFLite's detection post-processing does on a phone). Returns (boxes
-    [batch, max, 4], scores [batch, max], classes [batch, max] int32, counts
-    [batch]); rows past a photo's count are padding."""
+# Post-processing, the same in Keras and in the exported file's TFLite op
+# (tflite/postprocess.py): up to 100 boxes per photo (what COCO's mAP counts),
+# scores down to 0.01 (a low floor: mAP ranks every detection), duplicates
+# above IoU 0.6 suppressed (TF's SSD configs).
+MAX_DETECTIONS = 100
+SCORE_THRESHOLD = 0.01
+IOU_THRESHOLD = 0.6
+
+
+def detect(predictions: tf.Tensor, anchors: tf.Tensor, max_detections: int = MAX_DETECTIONS,
+           score_threshold: float = SCORE_THRESHOLD, iou_threshold: float = IOU_THRESHOLD):
+    """Boxes from the detector's output [batch, anchors, 4 + 1 + classes], as
+    TFLite's detection post-processing gives them on a phone (its fast mode):
+    softmax scores, each anchor's likeliest class, decoded boxes, then
+    non-max suppression across classes. Returns (boxes [batch, max, 4],
+    scores [batch, max], classes [batch, max] int32, counts [batch]); rows
+    past a photo's count are padding."""
     boxes = decode(predictions[..., :4], anchors)
     scores = tf.nn.softmax(predictions[..., 4:])[..., 1:]  # without background
-    boxes, scores, classes, counts = tf.image.combined_non_max_suppression(
-        boxes[:, :, None], scores, max_output_size_per_class=max_detections,
-        max_total_size=max_detections, iou_threshold=iou_threshold,
-        score_threshold=score_threshold, clip_boxes=True)
-    return boxes, scores, tf.cast(classes, tf.int32), counts
+    best, classes = tf.reduce_max(scores, -1), tf.argmax(scores, -1, output_type=tf.int32)
+    kept, counts = tf.image.non_max_suppression_padded(
+        boxes, best, max_detections, iou_threshold=iou_threshold,
+        score_threshold=score_threshold, pad_to_max_output_size=True)
+    valid = tf.range(max_detections)[None] < counts[:, None]
+    pick = lambda values: tf.gather(values, kept, batch_dims=1)  # noqa: E731
+    return (tf.where(valid[..., None], pick(boxes), 0.0), tf.where(valid, pick(best), 0.0),
+            tf.where(valid, pick(classes), 0), counts)

@@ -120,6 +120,15 @@ def block_table(cfg: ModelConfig, reduced_tail: bool = False):
     return specs.minimalistic(blocks) if cfg.minimalistic else blocks
 
 
+def reduced_tail_layers(cfg: ModelConfig) -> tuple[str, ...]:
+    """Name prefixes of the layers the reduced tail halves (the last stage's
+    blocks and head_conv): under model.init_from from a classifier they start
+    afresh."""
+    blocks = block_table(cfg)
+    return tuple(f"block{i}_" for i in range(specs.last_stage_start(blocks), len(blocks))) \
+        + ("head_conv",)
+
+
 class Backbone(NamedTuple):
     inputs: keras.KerasTensor
     features: keras.KerasTensor  # the head conv's output, the last feature map

@@ -31,6 +31,25 @@ EXTRA_DEPTHS = (512, 256, 256, 128)
 HEAD_PREFIX = "ssd_"  # every layer past the backbone: what starts afresh from a classifier
 
 
+def _head_layer_names() -> tuple[str, ...]:
+    """Every layer build_detector adds past the backbone (tested against a built
+    model): what trains while a pretrained backbone is frozen."""
+    conv = lambda name: [name, f"{name}_bn", f"{name}_relu6"]  # noqa: E731
+    names = []
+    for k in range(len(EXTRA_DEPTHS)):
+        for part in ("reduce", "depthwise", "expand"):
+            names += conv(f"{HEAD_PREFIX}extra{k}_{part}")
+    for k in range(len(EXTRA_DEPTHS) + 2):
+        for kind in ("box", "class"):
+            name = f"{HEAD_PREFIX}{kind}{k}"
+            names += conv(f"{name}_depthwise") + [name, f"{name}_flat"]
+        names.append(f"{HEAD_PREFIX}map{k}")
+    return tuple(names + [f"{HEAD_PREFIX}all_maps", f"{HEAD_PREFIX}predictions"])
+
+
+HEAD_LAYERS = _head_layer_names()
+
+
 def map_sizes(height: int, width: int) -> list[tuple[int, int]]:
     """(rows, cols) of each detection map for an input of height x width."""
     sizes = [(math.ceil(height / 16), math.ceil(width / 16)),
@@ -62,13 +81,14 @@ def build_detector(model_cfg, size: tuple[int, int], num_classes: int,
                    include_rescaling: bool = True,
                    hard_swish: Callable = keras_hard_swish,
                    hard_sigmoid: Callable = keras_hard_sigmoid,
+                   reduced_tail: bool = True,
                    name: str | None = None) -> keras.Model:
     """SSDLite MobileNetV3 for (height, width) RGB 0..255 inputs."""
     net = build_backbone(model_cfg, size, batch_size=batch_size,
                          include_rescaling=include_rescaling, hard_swish=hard_swish,
-                         hard_sigmoid=hard_sigmoid, reduced_tail=True)
+                         hard_sigmoid=hard_sigmoid, reduced_tail=reduced_tail)
     b = net.builder
-    blocks = block_table(model_cfg, reduced_tail=True)
+    blocks = block_table(model_cfg, reduced_tail=reduced_tail)
     to_stride_32 = max(i for i, block in enumerate(blocks) if block.stride == 2)
     backbone = keras.Model(net.inputs, net.features)
     maps = [backbone.get_layer(f"block{to_stride_32}_expand_act").output, net.features]

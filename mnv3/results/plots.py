@@ -146,3 +146,69 @@ def segmentation_png(frames: list, labels: list[str], ignore_index: int, path: s
     fig.tight_layout(rect=(0, 0.8 / height + 0.02, 1, 0.97))
     fig.savefig(path)
     plt.close(fig)
+
+
+def detections_png(frames: list, labels: list[str], path: str, title: str,
+                   min_score: float) -> None:
+    """Eval photos with their true boxes (dashed, white) and the detections
+    scoring at least `min_score` (solid, class colours, label and score).
+    `frames`: (image, true boxes, true classes, boxes, classes, scores), boxes
+    [ymin, xmin, ymax, xmax] in 0..1."""
+    plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
+    colours = class_colours(len(labels))
+    columns = min(len(frames), 4)
+    rows = -(-len(frames) // columns)
+    fig, axes = plt.subplots(rows, columns, squeeze=False, figsize=(4 * columns, 4.3 * rows),
+                             dpi=100)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (image, true_boxes, true_classes, boxes, classes, scores) in zip(axes.ravel(), frames):
+        h, w = image.shape[:2]
+        ax.imshow(image)
+
+        def frame(box, **style):
+            y0, x0, y1, x1 = box
+            ax.add_patch(Rectangle((x0 * w, y0 * h), (x1 - x0) * w, (y1 - y0) * h,
+                                   fill=False, **style))
+        for box in true_boxes:
+            frame(box, edgecolor="white", linestyle="--", linewidth=1.5)
+        shown = 0
+        for box, cls, score in zip(boxes, classes, scores):
+            if score < min_score:
+                continue
+            shown += 1
+            frame(box, edgecolor=colours[cls], linewidth=2)
+            ax.text(box[1] * w, box[0] * h, f"{labels[cls]} {score:.2f}", fontsize=8,
+                    color="black", va="bottom",
+                    bbox={"facecolor": colours[cls], "pad": 1, "linewidth": 0})
+        ax.set_title(f"{len(true_boxes)} true, {shown} found", fontsize=10)
+    fig.suptitle(f"{title}\ndashed white: truth; coloured: detections scoring "
+                 f"{min_score:g} or more")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def precision_recall_png(curves: dict, path: str, title: str) -> None:
+    """Each class's precision against recall at IoU 0.5 (COCO's 101 recall
+    points; `curves`: {class: precisions}, None past the highest recall)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 5), dpi=100)
+    recall = np.linspace(0, 1, 101)
+    colours = class_colours(len(curves))
+    for colour, (name, precision) in zip(colours, curves.items()):
+        values = np.array([np.nan if p is None else p for p in precision], float)
+        ax.plot(recall, values, color=colour, linewidth=2,
+                label=f"{name} (AP@.5 {np.nan_to_num(values).mean():.2f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=9)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

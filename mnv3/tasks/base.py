@@ -68,6 +68,13 @@ class Task:
     def metrics(self) -> list:
         raise NotImplementedError
 
+    def whole_set_score(self, class_names: list[str]):
+        """Eval values that only the whole set gives (a detector's COCO mAP): an
+        object whose add(labels, outputs) takes each eval batch's labels and the
+        model's outputs (numpy) and whose result() gives {name: value}; None
+        when every value is a sum over batches (mnv3.metrics)."""
+        return None
+
 
 class TaskExport:
     """The export half: how an exported file of this task is quantized,
@@ -86,9 +93,19 @@ class TaskExport:
         """A fixed (low, high) for the output's int8 range, or None to calibrate."""
         raise NotImplementedError
 
-    def output_shape(self) -> tuple[int, ...]:
-        """One image's output shape, which each exported file must give."""
+    def output_shape(self) -> tuple[int, ...] | dict:
+        """One image's output shape, which each exported file must give ({name:
+        shape} for a file with several outputs)."""
         raise NotImplementedError
+
+    def classes_given(self, model) -> int:
+        """How many classes a trained Keras model of this task gives."""
+        return model.output.shape[-1]
+
+    def serving(self, model):
+        """image -> {output name: tensor}: what the exported file computes around
+        the export graph `model`; None: the model's own output, `probabilities`."""
+        return None
 
     def metadata(self, tflite: bytes, **fields) -> bytes:
         """`tflite` with the MediaPipe metadata of this task's kind of model."""

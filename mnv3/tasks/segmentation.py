@@ -8,8 +8,7 @@ import tensorflow as tf
 
 from mnv3 import metrics
 from mnv3.data import labels, masks
-from mnv3.model import specs
-from mnv3.model.builder import block_table
+from mnv3.model.builder import reduced_tail_layers
 from mnv3.model.lraspp import HEAD_LAYERS, build_segmenter
 from mnv3.model.pretrained import only_class_count_differs
 from mnv3.tasks.base import Task
@@ -31,11 +30,8 @@ class Segmentation(Task):
         a classifier's full-width weights; those layers start afresh."""
         if layer in self.head_layers:  # from a segmenter with another class count
             return only_class_count_differs(ours, theirs)
-        if not self.cfg.task.reduced_tail:
-            return False
-        blocks = block_table(self.cfg.model)
-        tail = tuple(f"block{i}_" for i in range(specs.last_stage_start(blocks), len(blocks)))
-        return layer.startswith(tail + ("head_conv",))
+        return self.cfg.task.reduced_tail and \
+            layer.startswith(reduced_tail_layers(self.cfg.model))
 
     # --- data ---
     def load_source(self, seed: int):

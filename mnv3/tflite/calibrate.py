@@ -168,7 +168,11 @@ def _with_our_ranges(converter, samples, percentile, mode, output_range,
     converter.representative_dataset = lambda: iter([[samples[0]]])
     float_model, model = tf_internals.calibrate_only(converter)
     graph = model.subgraphs[0]
-    slots = tf_internals.calibration_slots(model)
+    # A custom op (TFLite's detection post-processing) stays float: its outputs
+    # need no range, and past its count they hold no values to measure.
+    custom = {t for op in graph.operators
+              if model.operatorCodes[op.opcodeIndex].customCode for t in op.outputs}
+    slots = [i for i in tf_internals.calibration_slots(model) if i not in custom]
     # These ranges are what the values mean, not statistics: pinned, so the uint8
     # input's scale and zero point match the normalisation in the metadata.
     pinned = {graph.inputs[0]: mode.input_range}

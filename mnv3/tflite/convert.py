@@ -3,7 +3,8 @@
 Only built-in TFLite ops are allowed (no Flex / SELECT_TF_OPS, which Android apps
 without the Flex delegate cannot run); the model goes through a SavedModel with
 one named signature, so the .tflite has a `serving_default` signature with input
-`image` and output `probabilities`.
+`image` and output `probabilities` (or the outputs a task's own serving function
+names: a detector's boxes, classes, scores and count).
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from mnv3.native_output import captured_stderr
 SIGNATURE = "serving_default"
 
 
-def _saved_model(model: keras.Model, directory: str) -> None:
+def _saved_model(model: keras.Model, directory: str, serve=None) -> None:
     spec = tf.TensorSpec(model.input.shape, tf.float32, name="image")
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
         name=SIGNATURE,
-        fn=lambda image: {"probabilities": model(image, training=False)},
+        fn=serve or (lambda image: {"probabilities": model(image, training=False)}),
         input_signature=[spec])
     archive.write_out(directory, verbose=False)
 
@@ -42,7 +43,8 @@ def convert(model: keras.Model, mode: Mode, samples: Sequence[np.ndarray] = (),
             float_ops: Sequence[str] = (),
             float_layers: Sequence[str] = (),
             trained_ranges: dict | None = None,
-            provenance: dict | None = None) -> bytes:
+            provenance: dict | None = None,
+            serve=None) -> bytes:
     """The .tflite bytes of `model` in `mode`. An integer mode calibrates on
     `samples` (model inputs, batch 1), with activation ranges at `percentile`,
     the input's range fixed at mode.input_range and the output's at
@@ -50,11 +52,15 @@ def convert(model: keras.Model, mode: Mode, samples: Sequence[np.ndarray] = (),
     `float_ops` near it stay in float, and so do the Keras layers
     `float_layers` (calibrate.int8_model). `trained_ranges`: {layer: (low,
     high)} of a quantization-aware model, used where they match instead of
-    calibrated ranges; `provenance` gets the counts of each."""
+    calibrated ranges; `provenance` gets the counts of each. `serve`: image ->
+    {output name: tensor} around `model`, for a file whose outputs are not the
+    model's own (tflite/postprocess.py); its TFLite custom ops are allowed
+    (TFLite's own detection post-processing, which every runtime has)."""
     with tempfile.TemporaryDirectory() as tmp:
-        _saved_model(model, tmp)
+        _saved_model(model, tmp, serve)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SIGNATURE])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter.allow_custom_ops = serve is not None
         if mode.optimize:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if mode.weight_type:

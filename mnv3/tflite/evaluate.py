@@ -22,7 +22,16 @@ class TFLiteModel:
     def __init__(self, model: bytes, threads: int = 1):
         self.runner = interpreter(model, threads)
         self.input = self.runner.get_input_details()[0]
-        self.output = self.runner.get_output_details()[0]
+        # By signature name: a detector's four outputs are known by name, not order.
+        self.outputs = self.runner.get_signature_runner().get_output_details()
+        self.output = next(iter(self.outputs.values()))
+
+    def _read(self, details: dict) -> np.ndarray:
+        out = self.runner.get_tensor(details["index"])[0]
+        scale, zero = details["quantization"]
+        if details["dtype"] != np.float32 and scale:
+            out = (out.astype(np.float32) - zero) * scale
+        return out
 
     def _prepare(self, pixels: np.ndarray) -> np.ndarray:
         dtype = self.input["dtype"]
@@ -33,15 +42,14 @@ class TFLiteModel:
         # int8 input: pixels shifted by 128 mean the same as the uint8 form
         return (np.clip(np.round(pixels), 0, 255) - 128).astype(np.int8)
 
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        """The output for one HxWx3 image, dequantized."""
+    def __call__(self, pixels: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
+        """The output for one HxWx3 image, dequantized ({name: output} for a
+        file with several)."""
         self.runner.set_tensor(self.input["index"], self._prepare(pixels)[None])
         self.runner.invoke()
-        out = self.runner.get_tensor(self.output["index"])[0]
-        scale, zero = self.output["quantization"]
-        if self.output["dtype"] != np.float32 and scale:
-            out = (out.astype(np.float32) - zero) * scale
-        return out
+        if len(self.outputs) == 1:
+            return self._read(self.output)
+        return {name: self._read(details) for name, details in self.outputs.items()}
 
     def latency_ms(self, runs: int = 50, warmup: int = 5) -> float:
         """Median wall time of one invoke on a fixed input."""

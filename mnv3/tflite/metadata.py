@@ -73,8 +73,44 @@ def segmenter_softmax() -> md.CustomMetadataT:
     return custom
 
 
+def _detection_tensor(name: str, description: str) -> md.TensorMetadataT:
+    tensor = md.TensorMetadataT()
+    tensor.name, tensor.description = name, description
+    tensor.content = md.ContentT()
+    tensor.content.contentPropertiesType = md.ContentProperties.FeatureProperties
+    tensor.content.contentProperties = md.FeaturePropertiesT()
+    # Dimension 2 of [1, detections, 4] / [1, detections] holds one detection's values.
+    tensor.content.range = md.ValueRangeT()
+    tensor.content.range.min, tensor.content.range.max = 2, 2
+    return tensor
+
+
+def detector_outputs(num_classes: int) -> dict[str, md.TensorMetadataT]:
+    """The four outputs of TFLite's detection post-processing, by signature
+    name (tflite/postprocess.py), under the names MediaPipe's ObjectDetector
+    looks for: location (boxes as ymin, xmin, ymax, xmax in 0..1), category
+    (indices into labels.txt), score, and number of detections."""
+    location = _detection_tensor("location", "Detected boxes: ymin, xmin, ymax, xmax, "
+                                 "as shares of the image's height and width.")
+    location.content.contentPropertiesType = md.ContentProperties.BoundingBoxProperties
+    box = location.content.contentProperties = md.BoundingBoxPropertiesT()
+    box.index = [1, 0, 3, 2]  # where left, top, right, bottom are in each row
+    box.type = md.BoundingBoxType.BOUNDARIES
+    box.coordinateType = md.CoordinateType.RATIO
+    category = _detection_tensor("category", f"Class of each detection: a line of "
+                                 f"labels.txt ({num_classes} classes).")
+    labels = _labels_file()
+    labels.type = md.AssociatedFileType.TENSOR_VALUE_LABELS  # values are indices
+    category.associatedFiles = [labels]
+    score = _detection_tensor("score", "Score of each detection (softmax, 0..1).")
+    count = md.TensorMetadataT()
+    count.name, count.description = "number of detections", "How many rows hold detections."
+    return {"detection_boxes": location, "detection_classes": category,
+            "detection_scores": score, "num_detections": count}
+
+
 def _metadata(name: str, description: str, mean: float, std: float,
-              output: md.TensorMetadataT, custom: list) -> bytes:
+              outputs: list[md.TensorMetadataT], custom: list) -> bytes:
     image = md.TensorMetadataT()
     image.name = "image"
     image.description = ("RGB image, values 0..255 (the model normalises them itself), "
@@ -94,7 +130,7 @@ def _metadata(name: str, description: str, mean: float, std: float,
 
     graph = md.SubGraphMetadataT()
     graph.inputTensorMetadata = [image]
-    graph.outputTensorMetadata = [output]
+    graph.outputTensorMetadata = list(outputs)
     if custom:
         graph.customMetadata = list(custom)
     model = md.ModelMetadataT()
@@ -110,15 +146,19 @@ def _metadata(name: str, description: str, mean: float, std: float,
 
 
 def add_metadata(tflite: bytes, *, name: str, description: str, labels: list[str],
-                 mean: float, std: float, output: md.TensorMetadataT,
+                 mean: float, std: float, output: md.TensorMetadataT | None = None,
+                 outputs: dict[str, md.TensorMetadataT] | None = None,
                  custom: list = ()) -> bytes:
     """`tflite` with metadata inside and labels.txt appended as a zip (the TFLite
     metadata format: the model stays a valid flatbuffer and a valid zip).
-    `output`: the output tensor's metadata (classifier_output, segmenter_output);
-    `custom`: the subgraph's custom metadata entries."""
+    `output`: the one output tensor's metadata (classifier_output,
+    segmenter_output); `outputs`: for a file with several, each one's by
+    signature name (detector_outputs); `custom`: the subgraph's custom
+    metadata entries."""
     model = tfl.ModelT.InitFromObj(tfl.Model.GetRootAsModel(tflite, 0))
+    in_order = [output] if outputs is None else _in_output_order(model, outputs)
     buffer = tfl.BufferT()
-    buffer.data = np.frombuffer(_metadata(name, description, mean, std, output, custom),
+    buffer.data = np.frombuffer(_metadata(name, description, mean, std, in_order, custom),
                                 np.uint8)
     model.buffers.append(buffer)
     entry = tfl.MetadataT()
@@ -133,6 +173,19 @@ def add_metadata(tflite: bytes, *, name: str, description: str, labels: list[str
     with zipfile.ZipFile(out, "a") as archive:
         archive.writestr(LABELS_FILE, "\n".join(labels) + "\n")
     return out.getvalue()
+
+
+def _in_output_order(model, outputs: dict) -> list:
+    """`outputs` ({signature name: metadata}) in the order of the graph's output
+    tensors, which is how readers pair metadata with tensors."""
+    signature = model.signatureDefs[0]
+    index = {_text(o.name): o.tensorIndex for o in signature.outputs}
+    by_tensor = {index[name]: meta for name, meta in outputs.items()}
+    return [by_tensor[t] for t in model.subgraphs[0].outputs]
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def read_metadata(tflite: bytes) -> md.ModelMetadataT:

@@ -80,6 +80,8 @@ class Trainer:
                                   self.keeper, self.ema)
         self.checkpoint.best_top1 = self.best.value  # its key since the first runs
         self.metrics = self.task.metrics()
+        # Eval values of the whole set (a detector's mAP): outputs come off the device.
+        self.keeps_outputs = self.task.whole_set_score(pipeline.class_names) is not None
         self.loss_fn = self.task.loss()
         self.phases = Phases(self.model, self.task.head_layers,
                              cfg.train.freeze_backbone_epochs,
@@ -102,9 +104,7 @@ class Trainer:
             lambda batch: self._on_all_replicas(self._replica_train_step, batch),
             jit_compile=cfg.runtime.jit_compile or None)
         self.train_batches = tf.function(self._train_batches)
-        self.eval_batch = tf.function(
-            lambda batch: self._on_all_replicas(self._replica_eval_step, batch),
-            reduce_retracing=True)
+        self.eval_batch = tf.function(self._eval_batch, reduce_retracing=True)
 
     # --- steps -----------------------------------------------------------------
 
@@ -127,7 +127,15 @@ class Trainer:
 
     def _replica_eval_step(self, images, labels):
         probs = self.model(tf.cast(images, tf.float32), training=False)
-        return metrics_lib.batch_sums(self.metrics, labels, probs, self.loss_fn(labels, probs))
+        sums = metrics_lib.batch_sums(self.metrics, labels, probs, self.loss_fn(labels, probs))
+        return sums, ((labels, probs) if self.keeps_outputs else ())
+
+    def _eval_batch(self, batch):
+        """The batch's metric sums over every replica, and (keeps_outputs) its
+        labels and outputs gathered from them."""
+        sums, kept = self.strategy.run(self._replica_eval_step, args=batch)
+        return ({k: self.strategy.reduce(SUM, v, axis=None) for k, v in sums.items()},
+                tuple(self.strategy.gather(v, axis=0) for v in kept))
 
     def _train_batches(self, iterator, count):
         """Up to `count` training steps in one call (traced once; `count` is a
@@ -158,12 +166,16 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """The task's metrics on the eval data, with EMA weights when EMA is on."""
+        score = self.task.whole_set_score(self.pipeline.class_names)
         with self.ema.averaged() if self.ema else contextlib.nullcontext():
             sums = metrics_lib.zeros(self.metrics)
             for batch in self.distribute(self.pipeline.eval()):
-                out = self.eval_batch(batch)  # stays on the device until the end
+                out, kept = self.eval_batch(batch)  # sums stay on the device till the end
                 sums = {k: sums[k] + out[k] for k in sums}
-        return self._rates(sums)
+                if score:
+                    score.add(*(np.asarray(v) for v in kept))
+        rates = self._rates(sums)
+        return {**rates, **score.result()} if score else rates
 
     def data_layout(self) -> dict:
         return {"train_images": self.pipeline.source.train.size,
