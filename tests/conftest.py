@@ -28,7 +28,7 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 def pytest_collection_modifyitems(items):
     """The tests that need a shared trained run go first: under pytest-xdist one
     worker builds it while the other starts on the rest, instead of waiting."""
-    shared = {"learned_run", "exported", "pretrained_run", "segmenter"}
+    shared = {"learned_run", "exported", "pretrained_run", "segmenter", "detector"}
     items.sort(key=lambda item: 0 if shared & set(item.fixturenames)
                else 1 if item.get_closest_marker("slow") else 2)
 
@@ -205,4 +205,29 @@ def exported(learned_run, tmp_path_factory):
         assert json.loads((path / "export" / "report.json").read_text()) == report
 
     path = shared_directory(tmp_path_factory, "exported_run", build)
+    return str(path), json.loads((path / "export" / "report.json").read_text())
+
+
+# A tiny SSDLite on synthetic shapes: 64 px, 3 epochs (it finds some shapes;
+# the quickstart's figures are in BENCHMARKS.md), exported in float32 and int8.
+DETECTOR = ["task.name=detection", "task.max_boxes=4", "data.num_classes=6",
+            "data.synthetic_images=640", "train.epochs=3", "train.learning_rate=0.02",
+            "export.quant=[float32, int8]", "export.calibration_steps=32",
+            "export.latency_runs=5"]
+
+
+@pytest.fixture(scope="session")
+def detector(tmp_path_factory):
+    """(model_dir, export report) of tiny_cfg(*DETECTOR), trained and exported."""
+    from mnv3 import config as config_lib
+    from mnv3.export.pipeline import run as export_run
+    from mnv3.training import run
+
+    def build(path):
+        cfg = tiny_cfg(*DETECTOR)
+        run(cfg, str(path))
+        config_lib.save(cfg, str(path / "config.yaml"))
+        export_run(cfg, str(path))
+
+    path = shared_directory(tmp_path_factory, "detector_run", build)
     return str(path), json.loads((path / "export" / "report.json").read_text())

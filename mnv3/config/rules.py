@@ -28,6 +28,10 @@ def _check_task(cfg: Config):
         raise ConfigError(f"model.include_top: {task} always has its head")
     if task == "detection":
         _check_anchors(cfg.task)
+        if cfg.export.int8_output != "float32":
+            raise ConfigError(f"export.int8_output: {cfg.export.int8_output}: a detector's "
+                              "file ends in TFLite's detection post-processing, whose "
+                              "outputs are float32")
     elif cfg.data.ignore_index < cfg.data.num_classes:
         raise ConfigError(f"data.ignore_index: {cfg.data.ignore_index} is a class "
                           f"(data.num_classes is {cfg.data.num_classes}); use a value "

@@ -1,0 +1,150 @@
+"""The detection task end to end (#28): a tiny SSDLite trained on synthetic
+shapes, scored by COCO mAP, exported with TFLite's detection post-processing
+and run by MediaPipe's ObjectDetector."""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mnv3.model.anchors import AnchorSpec, match, targets
+from mnv3.tflite.evaluate import TFLiteModel
+from mnv3.tflite.metadata import read_metadata
+from tests.conftest import DETECTOR, SHARED_DATA, read_metrics, tiny_cfg
+
+FRUITS = os.path.join(SHARED_DATA, "fruits", "train")
+
+
+def test_batched_targets_match_each_photo_on_its_own():
+    # The loss matches a padded batch at once; each photo must get what
+    # matching it alone gives, padding rows ignored.
+    anchors = AnchorSpec().anchors([(4, 4), (2, 2), (1, 1)])
+    photos = [(np.array([[0.1, 0.1, 0.5, 0.6], [0.5, 0.4, 0.9, 0.95]], np.float32), [2, 0]),
+              (np.zeros((0, 4), np.float32), []),
+              (np.array([[0.0, 0.0, 1.0, 1.0]], np.float32), [1])]
+    truth = np.full((3, 4, 5), -1.0, np.float32)
+    for i, (boxes, classes) in enumerate(photos):
+        truth[i, :len(boxes), :4], truth[i, :len(boxes), 4] = boxes, classes
+    batched = targets(anchors, tf.constant(truth)).numpy()
+    for i, (boxes, classes) in enumerate(photos):
+        _, alone = match(anchors, tf.constant(boxes), tf.constant(classes, tf.int32))
+        np.testing.assert_array_equal(batched[i, :, 4], alone.numpy())
+    assert (batched[1, :, 4] == 0).all()  # no boxes: every anchor is background
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.source=tfds", "data.source: tfds has no boxes"),
+    ("task.anchor_scales=[0.9, 0.2]", "task.anchor_scales: expected [smallest, largest]"),
+    ("export.int8_output=uint8", "whose outputs are float32"),
+])
+def test_detection_configs_that_cannot_work_are_refused(override, message):
+    from mnv3.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        tiny_cfg("task.name=detection", "data.num_classes=6", "data.tfds_name=x", override)
+
+
+@pytest.mark.skipif(not os.path.isdir(FRUITS), reason="../shared/data/fruits absent")
+def test_the_fruit_photos_load_as_padded_labels_and_a_crowded_photo_is_refused():
+    from mnv3.errors import UserError
+    from tests.conftest import make_pipeline
+
+    cfg = tiny_cfg("task.name=detection", "data.source=folder", f"data.train_dir={FRUITS}",
+                   "data.num_classes=3", "data.val_fraction=0.25")
+    pipeline = make_pipeline(cfg)
+    assert pipeline.class_names == ["apple", "banana", "orange"]
+    assert pipeline.source.train.size + pipeline.source.eval.size == 214
+    images, labels = next(iter(pipeline.eval(batch_size=4)))
+    assert images.shape == (4, 64, 64, 3) and labels.shape == (4, 100, 5)
+    real = labels.numpy()[..., 4] >= 0
+    assert real.any(1).all() and (labels.numpy()[~real] == -1).all()
+    with pytest.raises(UserError, match=r"boxes, more than task.max_boxes \(2\)"):
+        make_pipeline(tiny_cfg("task.name=detection", "data.source=folder",
+                               f"data.train_dir={FRUITS}", "data.num_classes=3",
+                               "task.max_boxes=2"))
+
+
+@pytest.mark.slow
+def test_a_detector_trains_and_records_coco_map_each_epoch(detector):
+    model_dir, _ = detector
+    records = read_metrics(model_dir)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    # Three tiny epochs teach the loss, not yet the shapes (the quickstart's
+    # mAP is in BENCHMARKS.md): COCO's figures are recorded every epoch.
+    assert records[-1]["train_loss"] < 0.8 * records[0]["train_loss"]
+    assert all(0 <= r["eval_map"] <= r["eval_map50"] <= 1 for r in records)
+    assert set(records[-1]["eval_ap_per_class"]) == {
+        "disc", "square", "triangle", "ring", "cross", "frame"}
+
+
+@pytest.mark.slow
+def test_the_exported_detector_gives_keras_detections(detector):
+    model_dir, report = detector
+    rows = {r["mode"]: r for r in report["rows"]}
+    assert set(rows) == {"keras", "float32", "int8"}
+    # The float file's post-processing op is the Keras model's detect(): the
+    # same detections, so the same mAP.
+    assert rows["float32"]["map"] == pytest.approx(rows["keras"]["map"], abs=0.01)
+    assert rows["float32"]["agreement"] > 0.97
+    assert 0 <= rows["int8"]["map"] <= 1 and rows["int8"]["int8_ranges"] == "calibrated"
+    export = os.path.join(model_dir, "export")
+    for name in ("detections.png", "precision_recall.png", "report.md"):
+        assert os.path.getsize(os.path.join(export, name)) > 1000
+    assert "## AP per class" in open(os.path.join(export, "report.md")).read()
+
+
+def _photos(size, count=8):
+    """Fruit photos (resized to the model's input), else synthetic shapes."""
+    paths = sorted(glob.glob(os.path.join(FRUITS, "data", "*.jpg")))[::25][:count]
+    if paths:
+        return [tf.cast(tf.image.resize(tf.io.decode_jpeg(tf.io.read_file(p), channels=3),
+                                        [size, size]), tf.uint8).numpy() for p in paths]
+    from mnv3.data.synthetic import generate_boxes
+    return list(generate_boxes(count, size, seed=5)[0])
+
+
+def _mediapipe_detections(path, images):
+    import mediapipe as mp
+    from mediapipe.tasks import python as mp_tasks
+    from mediapipe.tasks.python import vision
+
+    options = vision.ObjectDetectorOptions(
+        base_options=mp_tasks.BaseOptions(model_asset_path=path), max_results=100,
+        score_threshold=0.0)
+    with vision.ObjectDetector.create_from_options(options) as detector:
+        return [detector.detect(mp.Image(image_format=mp.ImageFormat.SRGB,
+                                         data=np.ascontiguousarray(image))).detections
+                for image in images]
+
+
+@pytest.mark.slow
+def test_mediapipe_object_detector_finds_what_our_interpreter_finds(detector):
+    model_dir, _ = detector
+    labels = open(os.path.join(model_dir, "labels.txt")).read().split()
+    images = _photos(64)  # at the input size: MediaPipe resizes nothing
+    for mode in ["float32", "int8"]:
+        path = glob.glob(os.path.join(model_dir, "export", f"*_{mode}.tflite"))[0]
+        names = [t.name.decode() for t in read_metadata(open(path, "rb").read())
+                 .subgraphMetadata[0].outputTensorMetadata]
+        assert sorted(names) == ["category", "location", "number of detections", "score"]
+        ours = TFLiteModel(open(path, "rb").read())
+        boxes_compared = 0
+        for image, theirs in zip(images, _mediapipe_detections(path, images)):
+            out = ours(image.astype(np.float32))
+            count = int(out["num_detections"])
+            assert len(theirs) == count, mode
+            for k, found in enumerate(sorted(theirs, key=lambda d: -d.categories[0].score)[:5]):
+                category = found.categories[0]
+                assert category.score == pytest.approx(out["detection_scores"][k], abs=1e-5)
+                assert category.category_name == labels[int(out["detection_classes"][k])]
+                y0, x0, y1, x1 = out["detection_boxes"][k] * 64
+                if min(y0, x0) < 0 or max(y1, x1) > 64:
+                    continue  # MediaPipe moves an overrunning box's origin into the image
+                box = found.bounding_box
+                np.testing.assert_allclose([box.origin_x, box.origin_y, box.width, box.height],
+                                           [x0, y0, x1 - x0, y1 - y0], atol=1.5)
+                boxes_compared += 1
+        assert boxes_compared >= 5, mode
