@@ -113,8 +113,9 @@ class _Scorecard:
         if self.probe is None:
             self.probe = images[:2].copy()
         if isinstance(outputs, dict):  # an exported file's post-processed outputs
+            # (rows past the count hold whatever the op left there: NaN too)
             found = (outputs["detection_boxes"], outputs["detection_scores"],
-                     outputs["detection_classes"].astype(np.int32),
+                     np.nan_to_num(outputs["detection_classes"]).astype(np.int32),
                      outputs["num_detections"].astype(np.int32))
         else:  # the Keras model's rows, post-processed as on a phone
             found = [np.asarray(f) for f in detect(tf.constant(outputs), self.anchors)]
