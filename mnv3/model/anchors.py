@@ -14,8 +14,9 @@ Boxes are [ymin, xmin, ymax, xmax] in 0..1 of the image throughout.
   are many anchors for few objects).
 - Matching: an anchor takes the ground-truth box it overlaps most if that IoU
   reaches `threshold` (0.5); then every ground-truth box takes the anchor it
-  overlaps most, so no object goes unmatched however odd its shape. Other
-  anchors are background.
+  overlaps most, so no object goes unmatched however odd its shape. Anchors
+  overlapping a box by 0.4 to 0.5 are ignored by the loss; the rest are
+  background.
 - Encoding: the centre offset in units of the anchor's size, and the log of
   the size ratio, scaled by (10, 10, 5, 5) (SSD's "variances" 0.1 and 0.2)
   so the four targets have similar spread.
@@ -86,13 +87,16 @@ def iou(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     return intersection / tf.maximum(area(a) + area(b) - intersection, 1e-9)
 
 
-def match_batch(anchors: tf.Tensor, truth: tf.Tensor, threshold: float = 0.5
-                ) -> tuple[tf.Tensor, tf.Tensor]:
+def match_batch(anchors: tf.Tensor, truth: tf.Tensor, threshold: float = 0.5,
+                background_below: float = 0.4) -> tuple[tf.Tensor, tf.Tensor]:
     """Matches a batch of photos' boxes to the anchors [N, 4]. `truth` [B, M, 5]:
     per photo M rows (ymin, xmin, ymax, xmax, class id), rows with a negative
     class being padding (data/boxes.py). Returns per anchor the matched box
     ([B, N, 4]; the anchor itself for background) and the class target ([B, N]
-    int32: 0 background, c + 1 for class c)."""
+    int32: 0 background, c + 1 for class c, -1 ignored). An anchor overlapping
+    a box by `background_below` to `threshold` is ignored (RetinaNet's rule):
+    neither object nor background, as it shows most of one; as background it
+    would teach the features next to every object that they are background."""
     boxes, classes = truth[..., :4], tf.cast(truth[..., 4], tf.int32)
     valid = classes >= 0  # [B, M]
     overlaps = tf.where(valid[:, None, :], iou(anchors, boxes), -1.0)  # [B, N, M]
@@ -107,20 +111,22 @@ def match_batch(anchors: tf.Tensor, truth: tf.Tensor, threshold: float = 0.5
         tf.cast(photo_box[:, 1], tf.int32) + 1)
     best_box = tf.where(forced > 0, forced - 1, best_box)
     positive = (best_overlap >= threshold) | (forced > 0)
-    target = tf.where(positive, tf.gather(classes, best_box, batch_dims=1) + 1, 0)
+    target = tf.where(positive, tf.gather(classes, best_box, batch_dims=1) + 1,
+                      tf.where(best_overlap >= background_below, -1, 0))
     matched = tf.where(positive[..., None], tf.gather(boxes, best_box, batch_dims=1),
                        anchors)
     return matched, target
 
 
 def match(anchors: tf.Tensor, boxes: tf.Tensor, classes: tf.Tensor,
-          threshold: float = 0.5) -> tuple[tf.Tensor, tf.Tensor]:
+          threshold: float = 0.5, background_below: float = 0.4
+          ) -> tuple[tf.Tensor, tf.Tensor]:
     """match_batch for one photo: `boxes` [M, 4] and `classes` [M] (M may be
     0); the matched boxes [N, 4] and class targets [N]."""
     truth = tf.concat([tf.cast(boxes, tf.float32),
                        tf.cast(classes, tf.float32)[:, None]], 1)
     truth = tf.concat([truth, -tf.ones([1, 5])], 0)  # a padding row: M may be 0
-    matched, target = match_batch(anchors, truth[None], threshold)
+    matched, target = match_batch(anchors, truth[None], threshold, background_below)
     return matched[0], target[0]
 
 

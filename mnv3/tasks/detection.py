@@ -29,7 +29,8 @@ class DetectionLoss(keras.losses.Loss):
     box codes of the matched anchors, each divided by the photo's matched
     anchors (at least 1). Labels are the anchors' targets (anchors.targets):
     the four encoded box codes, then the class target (0 background, c + 1 for
-    class c), [batch, anchors, 5]; predictions the model's rows.
+    class c, -1 ignored: its one-hot row is all zeros, so it adds no loss),
+    [batch, anchors, 5]; predictions the model's rows.
 
     Focal loss (Lin et al. 2017) rather than SSD's hard negative mining: the
     thousands of background anchors still give gradient, scaled down as they
