@@ -140,7 +140,7 @@ def export(argv: Sequence[str] | None = None) -> int:
 
 
 def predict(argv: Sequence[str] | None = None) -> int:
-    """Top classes for your own photos, one line per image.
+    """Top classes (or, for a detector, the boxes) in your own photos, one line per image.
 
     mnv3-predict --model runs/quickstart/export/mobilenet_v3_small_64_int8.tflite a.jpg b.png
     """
@@ -150,12 +150,22 @@ def predict(argv: Sequence[str] | None = None) -> int:
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, BMP, GIF)")
     p.add_argument("--top_k", type=int, default=3, help="classes listed per image")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--min_score", type=float, default=0.3,
+                   help="a detector's boxes listed from this score up")
+    p.add_argument("--draw", metavar="DIR", help="a detector: also write each photo with "
+                   "its boxes to DIR/<name>_boxes.png")
 
     def body(args):
         if args.top_k < 1:
             raise UserError(f"--top_k {args.top_k}: must be 1 or more")
         from mnv3.predict import Model
+        from mnv3.predict_boxes import is_detector_file
 
+        if is_detector_file(args.model):
+            return _print_detections(args)
+        if args.draw:
+            raise UserError(f"--draw: for detectors; {args.model} is not an exported "
+                            "detector")
         model = Model(args.model)
         try:
             _print_predictions(model, args)
@@ -176,6 +186,37 @@ def _print_predictions(model, args) -> None:
         else:
             print(f"{path}: " + ", ".join(f"{label} {score:.3f}"
                                           for _, label, score in result.top), flush=True)
+
+
+def _print_detections(args) -> None:
+    import json
+
+    from mnv3.predict_boxes import Detector, draw
+
+    if not 0 <= args.min_score <= 1:
+        raise UserError(f"--min_score {args.min_score}: must be 0 to 1")
+    if args.draw:
+        if os.path.exists(args.draw) and not os.path.isdir(args.draw):
+            raise UserError(f"--draw {args.draw}: exists and is not a directory")
+        os.makedirs(args.draw, exist_ok=True)
+    detector = Detector(args.model, args.min_score)
+    try:
+        for path in args.images:
+            image, found = detector.detect(path)
+            if args.json:
+                print(json.dumps({"image": path, "detections": [
+                    {"label": f.label, "index": f.index, "score": round(f.score, 6),
+                     "box": list(f.box)} for f in found]}), flush=True)
+            else:
+                print(f"{path}: " + (", ".join(
+                    f"{f.label} {f.score:.2f} at ({f.box[0]}, {f.box[1]})-({f.box[2]}, "
+                    f"{f.box[3]})" for f in found) or
+                    f"nothing scoring {args.min_score:g} or more"), flush=True)
+            if args.draw:
+                stem = os.path.splitext(os.path.basename(path))[0]
+                draw(image, found, os.path.join(args.draw, f"{stem}_boxes.png"))
+    finally:
+        detector.close()
 
 
 def tfrecord(argv: Sequence[str] | None = None) -> int:

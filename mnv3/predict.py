@@ -159,6 +159,9 @@ class Model:
 
     def _load_keras(self, path: str) -> None:
         model = load_keras_file(path, f"{path}: damaged or not a Keras model file")
+        if len(model.output.shape) == 3:  # one row per anchor
+            raise UserError(f"{path}: a detector; predict.py finds boxes with its exported "
+                            ".tflite (python export_tflite.py --model_dir <its run>)")
         if len(model.output.shape) != 2:
             raise UserError(SEGMENTER_REFUSED.format(path))
         _, self.height, self.width, _ = model.input.shape

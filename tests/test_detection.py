@@ -156,3 +156,28 @@ def test_mediapipe_object_detector_finds_what_our_interpreter_finds(detector):
                                            [x0, y0, x1 - x0, y1 - y0], atol=1.5)
                 boxes_compared += 1
         assert boxes_compared >= 5, mode
+
+
+@pytest.mark.slow
+def test_predict_lists_and_draws_a_detectors_boxes(detector, tmp_path):
+    from PIL import Image
+
+    from mnv3 import cli
+    from tests.conftest import assert_one_line_error, call_cli
+
+    model_dir, _ = detector
+    labels = open(os.path.join(model_dir, "labels.txt")).read().split()
+    path = glob.glob(os.path.join(model_dir, "export", "*_int8.tflite"))[0]
+    photo = tmp_path / "photo.png"
+    Image.fromarray(_photos(96, 1)[0]).save(photo)
+    result = call_cli(cli.predict, "--model", path, str(photo), "--json", "--min_score",
+                      "0.05", "--draw", str(tmp_path / "drawn"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])["detections"]
+    assert found and all(f["label"] in labels and f["score"] >= 0.05 for f in found)
+    assert [f["score"] for f in found] == sorted((f["score"] for f in found), reverse=True)
+    drawn = Image.open(tmp_path / "drawn" / "photo_boxes.png")
+    assert drawn.size == (96, 96)
+    # A detector's Keras file is pointed to its .tflite.
+    assert_one_line_error(call_cli(cli.predict, "--model", model_dir, str(photo)),
+                          "a detector", "exported .tflite")

@@ -19,7 +19,7 @@ LAYERS = [
     ("parts", {"model", "data", "metrics", "coco", "results", "tflite", "run_dir"}),
     ("tasks", {"tasks"}),
     ("engines", {"training", "export"}),
-    ("cli", {"cli", "summary", "predict"}),
+    ("cli", {"cli", "summary", "predict", "predict_boxes"}),
 ]
 # Where an mnv3 import may sit inside a function: the cli defers each
 # command's stack until that command runs.
