@@ -211,7 +211,7 @@ def exported(learned_run, tmp_path_factory):
 # A tiny SSDLite on synthetic shapes: 64 px, 3 epochs (it finds some shapes;
 # the quickstart's figures are in BENCHMARKS.md), exported in float32 and int8.
 DETECTOR = ["task.name=detection", "task.max_boxes=4", "data.num_classes=6",
-            "data.synthetic_images=640", "train.epochs=3", "train.learning_rate=0.02",
+            "data.synthetic_images=480", "train.epochs=3", "train.learning_rate=0.02",
             "export.quant=[float32, int8]", "export.calibration_steps=32",
             "export.latency_runs=5"]
 

@@ -160,7 +160,7 @@ def detections_png(frames: list, labels: list[str], path: str, title: str,
     colours = class_colours(len(labels))
     columns = min(len(frames), 4)
     rows = -(-len(frames) // columns)
-    fig, axes = plt.subplots(rows, columns, squeeze=False, figsize=(4 * columns, 4.3 * rows),
+    fig, axes = plt.subplots(rows, columns, squeeze=False, figsize=(4 * columns, 4.6 * rows),
                              dpi=100)
     for ax in axes.ravel():
         ax.axis("off")
