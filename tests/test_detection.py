@@ -181,3 +181,19 @@ def test_predict_lists_and_draws_a_detectors_boxes(detector, tmp_path):
     # A detector's Keras file is pointed to its .tflite.
     assert_one_line_error(call_cli(cli.predict, "--model", model_dir, str(photo)),
                           "a detector", "exported .tflite")
+
+
+@pytest.mark.parametrize("bbox, message", [([90, 5, 30, 20], "lies outside its 100x50 image"),
+                                           ([10, 5, 0, 20], "has no area")])
+def test_train_on_a_bad_annotation_is_one_line_and_writes_nothing(tmp_path, bbox, message):
+    from mnv3 import cli
+    from tests.conftest import assert_one_line_error, call_cli
+    from tests.test_boxes import ANNOTATIONS, make_coco
+
+    root = make_coco(tmp_path / "coco", annotations=[{**ANNOTATIONS[0], "bbox": bbox}])
+    model_dir = tmp_path / "run"
+    result = call_cli(cli.train, "--config", "configs/detection_quickstart.yaml",
+                      "--model_dir", str(model_dir), "--set", "data.source=folder",
+                      "--set", f"data.train_dir={root}", "--set", "data.num_classes=2")
+    assert_one_line_error(result, message, "labels.json")
+    assert not model_dir.exists()
