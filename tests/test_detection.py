@@ -147,13 +147,13 @@ def test_mediapipe_object_detector_finds_what_our_interpreter_finds(detector):
             for score, name, (y0, x0, y1, x1) in found:
                 if min(y0, x0) < 0 or max(y1, x1) > 64:
                     continue
+                # (int8 scores come in steps: several detections may share one)
                 same = [d.bounding_box for d in theirs
                         if abs(d.categories[0].score - score) < 1e-5
                         and d.categories[0].category_name == name]
-                assert same, mode
-                box = same[0]
-                np.testing.assert_allclose([box.origin_x, box.origin_y, box.width, box.height],
-                                           [x0, y0, x1 - x0, y1 - y0], atol=1.5)
+                assert any(np.allclose([b.origin_x, b.origin_y, b.width, b.height],
+                                       [x0, y0, x1 - x0, y1 - y0], atol=1.5)
+                           for b in same), (mode, score, name, (x0, y0, x1, y1))
                 boxes_compared += 1
         assert boxes_compared >= 5, mode
 
