@@ -33,6 +33,19 @@ def percent(value) -> str:
     return "" if value is None else f"{100 * value:.1f}%"
 
 
+def per_class_by_mode(rows: list[dict], count: str, figure: str, value) -> list[str]:
+    """A markdown table with a line per class: its `count` (a key of the Keras
+    row's per-class entries, e.g. pixels or boxes), then `figure` for each
+    mode, as `value(per-class entry)` writes it."""
+    modes = [r["mode"] for r in rows]
+    lines = [f"| class | {count} | " + " | ".join(f"{m} {figure}" for m in modes) + " |",
+             "| --- | ---: | " + " | ".join("---:" for _ in modes) + " |"]
+    for i, keras in enumerate(rows[0]["per_class"]):
+        lines.append(f"| {keras['label']} | {keras[count]} | "
+                     + " | ".join(value(r["per_class"][i]) for r in rows) + " |")
+    return lines
+
+
 def format_markdown(report: dict, sections: list[str]) -> str:
     """report.md: the summary table, the training curves, then the task's own
     `sections` (lines)."""

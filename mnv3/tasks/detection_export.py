@@ -14,7 +14,7 @@ import tensorflow as tf
 from mnv3.coco import DetectionScore
 from mnv3.model.anchors import MAX_DETECTIONS, detect, iou
 from mnv3.results import plots
-from mnv3.results.report import percent
+from mnv3.results.report import per_class_by_mode, percent
 from mnv3.tasks.base import TaskExport
 from mnv3.tflite import metadata, postprocess
 
@@ -67,18 +67,13 @@ class DetectionExport(TaskExport):
     def report_sections(self, report: dict) -> list[str]:
         rows = report["rows"]
         pictures = report.get("pictures", {})
-        modes = [r["mode"] for r in rows]
         lines = ["## Eval photos (Keras model)", "",
                  f"![true and detected boxes]({pictures['detections']})", "",
                  f"Dashed white: the labelled boxes; coloured: detections scoring "
                  f"{SHOWN_SCORE} or more.", "",
                  "## AP per class", "",
-                 "COCO's AP over IoU 0.5 to 0.95 (pycocotools), each class on its own.", "",
-                 "| class | boxes | " + " | ".join(f"{m} AP" for m in modes) + " |",
-                 "| --- | ---: | " + " | ".join("---:" for _ in modes) + " |"]
-        for i, keras in enumerate(rows[0]["per_class"]):
-            aps = " | ".join(f"{r['per_class'][i]['ap']:.3f}" for r in rows)
-            lines.append(f"| {keras['label']} | {keras['boxes']} | {aps} |")
+                 "COCO's AP over IoU 0.5 to 0.95 (pycocotools), each class on its own.", ""]
+        lines += per_class_by_mode(rows, "boxes", "AP", lambda c: f"{c['ap']:.3f}")
         lines += ["", f"![precision-recall curves]({pictures['precision_recall']})", "",
                   "## Agreement with Keras", "",
                   f"Of the Keras model's detections scoring {SHOWN_SCORE} or more, the "

@@ -10,7 +10,7 @@ import numpy as np
 
 from mnv3 import metrics
 from mnv3.results import analysis, plots
-from mnv3.results.report import percent
+from mnv3.results.report import per_class_by_mode, percent
 from mnv3.tasks.base import TaskExport
 from mnv3.tflite import metadata
 
@@ -52,21 +52,14 @@ class SegmentationExport(TaskExport):
 
     def report_sections(self, report: dict) -> list[str]:
         """Frames with truth and prediction, and each class's IoU per model."""
-        rows = report["rows"]
         pictures = report.get("pictures", {})
-        modes = [r["mode"] for r in rows]
-        lines = ["## Eval frames (Keras model)", "",
-                 f"![image, truth and prediction]({pictures['frames']})", "",
-                 "## IoU per class", "",
-                 "IoU: the pixels both called the class, over the pixels either one "
-                 "does (truth or prediction); mIoU is their mean. Ignored pixels count "
-                 "in neither.",
-                 "", "| class | pixels | " + " | ".join(f"{m} IoU" for m in modes) + " |",
-                 "| --- | ---: | " + " | ".join("---:" for _ in modes) + " |"]
-        for i, keras in enumerate(rows[0]["per_class"]):
-            ious = " | ".join(percent(r["per_class"][i]["iou"]) for r in rows)
-            lines.append(f"| {keras['label']} | {keras['pixels']} | {ious} |")
-        return lines
+        return ["## Eval frames (Keras model)", "",
+                f"![image, truth and prediction]({pictures['frames']})", "",
+                "## IoU per class", "",
+                "IoU: the pixels both called the class, over the pixels either one "
+                "does (truth or prediction); mIoU is their mean. Ignored pixels count "
+                "in neither.", ""] + \
+            per_class_by_mode(report["rows"], "pixels", "IoU", lambda c: percent(c["iou"]))
 
 
 class _Scorecard:
