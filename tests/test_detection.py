@@ -13,7 +13,7 @@ import tensorflow as tf
 from mnv3.model.anchors import AnchorSpec, match, targets
 from mnv3.tflite.evaluate import TFLiteModel
 from mnv3.tflite.metadata import read_metadata
-from tests.conftest import DETECTOR, SHARED_DATA, read_metrics, tiny_cfg
+from tests.conftest import SHARED_DATA, read_metrics, tiny_cfg
 
 FRUITS = os.path.join(SHARED_DATA, "fruits", "train")
 
@@ -170,11 +170,22 @@ def test_predict_lists_and_draws_a_detectors_boxes(detector, tmp_path):
     path = glob.glob(os.path.join(model_dir, "export", "*_int8.tflite"))[0]
     photo = tmp_path / "photo.png"
     Image.fromarray(_photos(96, 1)[0]).save(photo)
-    result = call_cli(cli.predict, "--model", path, str(photo), "--json", "--min_score",
-                      "0.05", "--draw", str(tmp_path / "drawn"))
-    assert result.returncode == 0, result.stderr[-2000:]
-    found = json.loads(result.stdout.strip().splitlines()[-1])["detections"]
-    assert found and all(f["label"] in labels and f["score"] >= 0.05 for f in found)
+
+    def found(min_score, *extra):
+        result = call_cli(cli.predict, "--model", path, str(photo), "--json", "--min_score",
+                          str(min_score), *extra)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])["detections"]
+
+    # The tiny model's scores vary from run to run: the floor is the median of
+    # what it gives, so some detections pass it and some do not.
+    everything = found(0)
+    floor = float(np.median([f["score"] for f in everything]))
+    found = found(floor, "--draw", str(tmp_path / "drawn"))
+    assert found and all(f["label"] in labels and f["score"] >= floor for f in found)
+    # Exactly those at the floor or above (a score equal to it may go either way).
+    scores = np.array([f["score"] for f in everything])
+    assert np.sum(scores > floor + 1e-6) <= len(found) <= np.sum(scores >= floor - 1e-6)
     assert [f["score"] for f in found] == sorted((f["score"] for f in found), reverse=True)
     drawn = Image.open(tmp_path / "drawn" / "photo_boxes.png")
     assert drawn.size == (96, 96)

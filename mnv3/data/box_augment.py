@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from mnv3.data.boxes import PADDING
 from mnv3.data.preprocess import decode, to_uint8
 
 MIN_COVERED = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)  # SSD's choices (its "whole image" aside)
@@ -95,5 +96,5 @@ def unpadded(label):
 def padded(boxes, classes, max_boxes: int):
     """Boxes [N <= max_boxes, 4] and classes [N] -> the padded label [max_boxes, 5]."""
     rows = tf.concat([boxes, tf.cast(classes, tf.float32)[:, None]], 1)
-    rows = tf.pad(rows, [[0, max_boxes - tf.shape(rows)[0]], [0, 0]], constant_values=-1.0)
+    rows = tf.pad(rows, [[0, max_boxes - tf.shape(rows)[0]], [0, 0]], constant_values=PADDING)
     return tf.ensure_shape(rows, [max_boxes, 5])

@@ -10,6 +10,8 @@ would give.
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -70,7 +72,7 @@ class Detection(Task):
         t = self.cfg.task
         return anchors_lib.AnchorSpec(*t.anchor_scales, tuple(t.aspect_ratios))
 
-    @property
+    @functools.cached_property
     def anchors(self) -> tf.Tensor:
         """[N, 4], in the order of the model's output rows."""
         return self.anchor_spec.anchors(map_sizes(*self.input_size))
@@ -126,6 +128,22 @@ class Detection(Task):
         return SetScore(self.anchors, class_names)
 
 
+def keras_detections(rows: np.ndarray, anchors) -> list[np.ndarray]:
+    """The Keras model's rows post-processed as on a phone (anchors.detect):
+    boxes, scores, classes and counts per photo."""
+    return [np.asarray(f) for f in anchors_lib.detect(tf.constant(rows), anchors)]
+
+
+def per_photo(truth: np.ndarray, found):
+    """Each photo's (true boxes, true classes, boxes, classes, scores) from a
+    batch of padded labels and of detections (boxes, scores, classes, counts;
+    rows past a photo's count, which may hold anything, NaN too, dropped)."""
+    for label, located, scores, classes, count in zip(truth, *found):
+        real, count = label[:, 4] >= 0, int(count)
+        yield (label[real, :4], label[real, 4].astype(int), located[:count],
+               classes[:count].astype(np.int32), scores[:count])
+
+
 class SetScore:
     """COCO mAP over the whole eval set, from the Keras model's rows decoded
     and suppressed as on a phone (anchors.detect)."""
@@ -134,11 +152,8 @@ class SetScore:
         self.anchors, self.score = anchors, DetectionScore(class_names)
 
     def add(self, truth: np.ndarray, rows: np.ndarray) -> None:
-        found = anchors_lib.detect(tf.constant(rows), self.anchors)
-        for label, (box, score, cls, count) in zip(truth, zip(*(np.asarray(f) for f in found))):
-            keep = label[:, 4] >= 0
-            self.score.add(label[keep, :4], label[keep, 4], box[:count], cls[:count],
-                           score[:count])
+        for photo in per_photo(truth, keras_detections(rows, self.anchors)):
+            self.score.add(*photo)
 
     def result(self) -> dict:
         return self.score.result()

@@ -12,10 +12,11 @@ import numpy as np
 import tensorflow as tf
 
 from mnv3.coco import DetectionScore
-from mnv3.model.anchors import MAX_DETECTIONS, detect, iou
+from mnv3.model.anchors import MAX_DETECTIONS, iou
 from mnv3.results import plots
 from mnv3.results.report import per_class_by_mode, percent
 from mnv3.tasks.base import TaskExport
+from mnv3.tasks.detection import keras_detections, per_photo
 from mnv3.tflite import metadata, postprocess
 
 PHOTOS_SHOWN = 8  # eval photos drawn in the report's picture
@@ -108,16 +109,12 @@ class _Scorecard:
         if self.probe is None:
             self.probe = images[:2].copy()
         if isinstance(outputs, dict):  # an exported file's post-processed outputs
-            # (rows past the count hold whatever the op left there: NaN too)
             found = (outputs["detection_boxes"], outputs["detection_scores"],
-                     np.nan_to_num(outputs["detection_classes"]).astype(np.int32),
-                     outputs["num_detections"].astype(np.int32))
+                     outputs["detection_classes"], outputs["num_detections"])
         else:  # the Keras model's rows, post-processed as on a phone
-            found = [np.asarray(f) for f in detect(tf.constant(outputs), self.anchors)]
-        for i, (label, boxes, scores, classes, count) in enumerate(zip(truth, *found)):
-            keep = label[:, 4] >= 0
-            true_boxes, true_classes = label[keep, :4], label[keep, 4].astype(int)
-            boxes, scores, classes = boxes[:count], scores[:count], classes[:count]
+            found = keras_detections(outputs, self.anchors)
+        for i, (true_boxes, true_classes, boxes, classes, scores) in enumerate(
+                per_photo(truth, found)):
             self.score.add(true_boxes, true_classes, boxes, classes, scores)
             np.add.at(self.boxes_per_class, true_classes, 1)
             shown = _shown(boxes, classes, scores)
