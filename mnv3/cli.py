@@ -1,5 +1,5 @@
 """The command-line entry points (`mnv3-train`, `mnv3-export`, `mnv3-predict`,
-`mnv3-tfrecord`, and the scripts train.py / export_tflite.py / predict.py that
+`mnv3-tfrecord`, `mnv3-budget`, and the scripts train.py / export_tflite.py / predict.py that
 call the same functions), and their shared plumbing: every way a user can get
 the input wrong ends in one `error: ...` line on stderr and exit status 2.
 
@@ -237,4 +237,31 @@ def tfrecord(argv: Sequence[str] | None = None) -> int:
 
         count = write_shards(args.src, args.out, args.shards, args.prefix, args.strict)
         print(f"wrote {count} images to {args.out}/{args.prefix}-*")
+    return _command(p, argv, body)
+
+
+def budget(argv: Sequence[str] | None = None) -> int:
+    """The most accurate model within a latency budget: time the budget.* grid as
+    int8 files, train the front within the budget with your recipe, and write the
+    table, a plot and the winning config.
+
+    mnv3-budget --config configs/finetune.yaml --budget_ms 1.5 --out_dir runs/budget
+    """
+    p = parser(budget.__doc__)
+    add_config_flags(p, "YAML experiment config: your data and recipe (see configs/)",
+                     "budget.epochs=5", required=True)
+    p.add_argument("--budget_ms", type=float, required=True,
+                   help="latency budget of the int8 file, milliseconds per image")
+    p.add_argument("--out_dir", required=True, help="where the timings, the trained "
+                   "candidates and the results go; rerun the same command to resume "
+                   "(or with another --budget_ms to reuse the work)")
+
+    def body(args):
+        from mnv3 import config as config_lib
+
+        cfg = config_lib.load(args.config, args.set)
+        _quiet_tensorflow()
+        from mnv3.budget import run
+
+        run(cfg, args.budget_ms, args.out_dir)
     return _command(p, argv, body)

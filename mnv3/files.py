@@ -107,8 +107,8 @@ class Lock:
     """An exclusive OS lock on a file (fcntl.flock): it dies with its process, so
     a kill -9 never leaves a stale lock behind. The file holds the holder's PID."""
 
-    def __init__(self, path: str, what: str):
-        self.path, self.what, self._fd = path, what, None
+    def __init__(self, path: str, what: str, flag: str = "--model_dir"):
+        self.path, self.what, self.flag, self._fd = path, what, flag, None
 
     def __enter__(self):
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -125,7 +125,7 @@ class Lock:
                 holder = "unknown"
             raise UserError(f"{os.path.dirname(self.path)}: in use by another "
                             f"{self.what} (pid {holder}); wait for it to finish, or use "
-                            "another --model_dir") from None
+                            f"another {self.flag}") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

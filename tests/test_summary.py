@@ -4,7 +4,7 @@ import pytest
 
 from mnv3 import config as config_lib
 from mnv3 import tasks
-from mnv3.summary import summarize
+from mnv3.model.cost import summarize
 from mnv3 import summary
 from tests.conftest import assert_one_line_error, call_cli
 

@@ -333,6 +333,42 @@ class RuntimeConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """The latency-budget search (`mnv3-budget`): the grid it times and what
+    each candidate it trains gets."""
+    variants: list[Literal["large", "small"]] = _field(
+        ["large", "small"], "`mnv3-budget`: model.variant values to try.")
+    minimalistic: list[bool] = _field(
+        [False, True], "`mnv3-budget`: model.minimalistic values to try.")
+    alphas: list[float] = _field(
+        [0.35, 0.5, 0.75, 1.0], "`mnv3-budget`: model.alpha values to try.",
+        min=0.0, max=4.0, min_exclusive=True)
+    image_sizes: list[int] = _field(
+        [96, 128, 160, 192, 224, 256], "`mnv3-budget`: data.image_size values to try "
+        "(square inputs).", min=32, max=1024)
+    epochs: Optional[int] = _field(
+        None, "`mnv3-budget`: epochs each trained candidate gets, the same for all "
+        "(the recipe's schedule, warm-up and head-only epochs included, as in "
+        "train.epochs); null: train.epochs.", min=1, max=100_000)
+    max_trained: int = _field(
+        4, "`mnv3-budget`: most candidates trained: the front's members under the "
+        "budget with the most multiply-adds (the config as given is trained too, "
+        "for comparison).", min=1, max=1000)
+    calibration_images: int = _field(
+        32, "`mnv3-budget`: training images calibrating each candidate's int8 file "
+        "before it is timed (the ranges do not change its speed; the trained "
+        "candidates' exports calibrate with export.calibration_steps).", min=1,
+        max=100_000)
+    adb_serial: Optional[str] = _field(
+        None, "`mnv3-budget`: time on this Android device (`adb devices` lists "
+        "serials) with TFLite's benchmark_model instead of on this machine; null: "
+        "LiteRT with XNNPACK here, export.threads threads.")
+    benchmark_model: str = _field(
+        "/data/local/tmp/benchmark_model", "`mnv3-budget`: path of TFLite's "
+        "benchmark_model binary on the Android device (see README, latency budget).")
+
+
+@dataclass
 class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -340,6 +376,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
 
 def field_default(f: dataclasses.Field):

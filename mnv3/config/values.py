@@ -72,7 +72,11 @@ def coerce(value, tp, where: str):
 
 
 def check_range(value, meta, where: str):
-    if value is None or isinstance(value, (list, str, bool)):
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            check_range(v, meta, f"{where}[{i}]")
+        return
+    if value is None or isinstance(value, (str, bool)):
         return
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and (value <= lo if meta.get("min_exclusive") else value < lo):

@@ -195,17 +195,9 @@ def export_mode(target: Target, mode: Mode, data: EvalData,
     (latency still to come, see time_in_turns) and the loaded file."""
     cfg, task_export = target.cfg, target.task.export
     started = time.perf_counter()
-    graph = export_graph(target.trained, partial(target.task.build, cfg), mode)
-    samples = [(scale_input(x) if mode.quantized_input else x)[None]
-               for x in data.calibration] if mode.integer else []
     provenance = {}
-    tflite = convert(graph.model, mode, samples,
-                     percentile=cfg.export.calibration_percentile,
-                     output_range=task_export.output_range(), float_ops=task_export.float_ops,
-                     float_layers=float_layers(graph.model) if cfg.export.int8_float_stem
-                     else (),
-                     trained_ranges=graph.ranges if cfg.export.int8_ranges == "trained"
-                     else None, provenance=provenance, serve=task_export.serving(graph.model))
+    tflite = convert_model(target.trained, cfg, target.task, mode, data.calibration,
+                           provenance)
     mean, std = mode.normalization
     tflite = task_export.metadata(tflite, name=target.name,
                                   description=target.description, labels=target.labels,
@@ -236,6 +228,24 @@ def export_mode(target: Target, mode: Mode, data: EvalData,
             "size_mb": round(len(tflite) / 2**20, 2), "latency_ms": None,
             **({"int8_ranges": int8_ranges(provenance)} if provenance else {}),
             **card.row()}, model
+
+
+def convert_model(trained, cfg: Config, task: Task, mode: Mode, calibration: list,
+                  provenance: dict | None = None) -> bytes:
+    """`trained` as a TFLite file of `mode`, without metadata: the graph rewrites,
+    the calibration (`calibration`: HxWx3 pixels 0..255) and the conversion
+    that every exported file goes through."""
+    graph = export_graph(trained, partial(task.build, cfg), mode)
+    samples = [(scale_input(x) if mode.quantized_input else x)[None]
+               for x in calibration] if mode.integer else []
+    return convert(graph.model, mode, samples,
+                   percentile=cfg.export.calibration_percentile,
+                   output_range=task.export.output_range(), float_ops=task.export.float_ops,
+                   float_layers=float_layers(graph.model) if cfg.export.int8_float_stem
+                   else (),
+                   trained_ranges=graph.ranges if cfg.export.int8_ranges == "trained"
+                   else None, provenance=provenance if provenance is not None else {},
+                   serve=task.export.serving(graph.model))
 
 
 def _stacked(outputs: list):

@@ -212,3 +212,48 @@ def precision_recall_png(curves: dict, path: str, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def budget_png(rows: list[dict], budget_ms: float, path: str, metric: str,
+               title: str) -> None:
+    """The latency-budget search: left, multiply-adds against latency for every
+    timed candidate with the front joined up; right, the trained candidates'
+    int8 `metric` (a share) against latency, the winner and the config as
+    given marked. The budget is the dashed line on both."""
+    plt = _pyplot()
+    fig, (cost_ax, score_ax) = plt.subplots(1, 2, figsize=(13, 5), dpi=100)
+    timed = [r for r in rows if r.get("latency_ms") is not None]
+    cost_ax.scatter([r["latency_ms"] for r in timed], [r["madds"] / 1e6 for r in timed],
+                    s=14, color="0.65", label="timed")
+    front = sorted((r for r in timed if r.get("on_front")), key=lambda r: r["latency_ms"])
+    cost_ax.plot([r["latency_ms"] for r in front], [r["madds"] / 1e6 for r in front],
+                 marker="o", color="tab:blue", label="front (not dominated)")
+    cost_ax.set_ylabel("multiply-adds (M)")
+    cost_ax.set_title("every candidate: cost against latency", fontsize=10)
+    trained = sorted((r for r in timed if r.get("int8") is not None),
+                     key=lambda r: r["latency_ms"])
+    for key, style in (("accuracy", dict(marker="o", color="tab:blue", label="float (Keras)")),
+                       ("int8", dict(marker="s", color="tab:green", label="int8 (ships)"))):
+        score_ax.plot([r["latency_ms"] for r in trained], [100 * r[key] for r in trained],
+                      linestyle="none", **style)
+    for r in trained:
+        score_ax.annotate(r["name"], (r["latency_ms"], 100 * r["int8"]), fontsize=7,
+                          textcoords="offset points", xytext=(4, -10))
+        for mark, colour, label in (("winner", "tab:red", "winner"),
+                                    ("given", "black", "config as given")):
+            if r.get(mark):
+                score_ax.scatter([r["latency_ms"]], [100 * r["int8"]], s=160,
+                                 facecolors="none", edgecolors=colour, linewidths=2,
+                                 label=label)
+    score_ax.set_ylabel(f"{metric} (%)")
+    score_ax.set_title("trained candidates: accuracy against latency", fontsize=10)
+    for ax in (cost_ax, score_ax):
+        ax.axvline(budget_ms, color="tab:red", linestyle="--",
+                   label=f"budget {budget_ms:g} ms")
+        ax.set_xlabel(f"int8 latency (ms, {timed[0]['runtime']})" if timed else "latency (ms)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
