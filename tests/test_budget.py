@@ -56,6 +56,10 @@ def test_the_grid_is_every_combination_and_the_config_as_given():
     assert (c_cfg.model.variant, c_cfg.model.minimalistic, c_cfg.model.alpha,
             c_cfg.data.image_size, c_cfg.train.epochs) == ("large", True, 0.5, 96, 3)
     assert cfg.model.variant == "small" and cfg.train.epochs == 10  # the user's is untouched
+    # A candidate is checked like a loaded config: no published weights for it.
+    published = config_lib.load(None, ["model.init_from=imagenet", "model.alpha=0.75"])
+    with pytest.raises(config_lib.ConfigError, match="publishes no ImageNet weights"):
+        Candidate("small", False, 0.35, 96).config(published)
 
 
 @pytest.mark.parametrize("override, fragment", [

@@ -178,6 +178,41 @@ def test_int8_calibration_gives_each_tensor_its_own_range():
         np.testing.assert_allclose(got(raw[0]), model(x).numpy()[0], atol=0.01)
 
 
+def _dead_squeeze_excite_model():
+    """conv -> squeeze-excite whose reduce layer is all but switched off (its
+    outputs about 1e-7, as after a fine-tune) -> pooled logits."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((8, 8, 3), batch_size=1)
+    x = layers.Conv2D(16, 1, activation="relu")(image)
+    squeezed = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    reduced = layers.Conv2D(4, 1, activation="relu", name="se_reduce",
+                            kernel_initializer="zeros",
+                            bias_initializer=keras.initializers.Constant(1e-7))(squeezed)
+    gate = layers.Conv2D(16, 1, activation="hard_sigmoid")(reduced)
+    logits = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 1)(layers.Multiply()([x, gate])))
+    return keras.Model(image, layers.Softmax()(logits))
+
+
+def test_an_activation_that_is_always_zero_keeps_a_usable_int8_range(tmp_path):
+    from mnv3.tflite.check import check_out_of_process
+
+    pixels = np.random.default_rng(5).uniform(0, 255, (16, 1, 8, 8, 3)).astype(np.float32)
+    tflite = convert(_dead_squeeze_excite_model(), INT8, list(scale_input(pixels)),
+                     percentile=99.99, **SOFTMAX_OUTPUT)
+    model = TFLiteModel(tflite)
+    reduced = [d for d in model.runner.get_tensor_details()
+               if "se_reduce" in d["name"] and d["dtype"] == np.int8]
+    scale = reduced[-1]["quantization"][0]
+    # Calibrated as measured, it would be [0, 1e-7]: a scale XNNPACK cannot requantize.
+    assert scale >= 1e-3 / 256
+    path = tmp_path / "dead.tflite"
+    path.write_bytes(tflite)
+    check_out_of_process(str(path), pixels[:2, 0], (4,))  # runs under XNNPACK
+
+
 def test_int8_output_float_softmax_and_calibrated_logits():
     pixels = np.random.default_rng(2).uniform(0, 255, (16, 1, 8, 8, 3)).astype(np.float32)
     samples = list(scale_input(pixels))

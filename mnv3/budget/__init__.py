@@ -161,11 +161,18 @@ def _train_all(cfg: Config, chosen: list[dict], paths: Paths, metric: str) -> No
         report_path = os.path.join(run_dir, "export", "report.json")
         c_cfg = candidate.config(cfg, epochs)
         if not os.path.exists(report_path):
-            train(c_cfg, run_dir)
-            keras.backend.clear_session()
-            export.run(dataclasses.replace(
-                c_cfg, export=dataclasses.replace(c_cfg.export, quant=["int8"])), run_dir)
-            keras.backend.clear_session()
+            try:
+                train(c_cfg, run_dir)
+                keras.backend.clear_session()
+                export.run(dataclasses.replace(
+                    c_cfg, export=dataclasses.replace(c_cfg.export, quant=["int8"])),
+                    run_dir)
+            except UserError as e:  # this candidate's failure, not the search's
+                row["error"] = f"training or export failed: {e}"
+                say(f"{row['name']}: {row['error']}")
+                continue
+            finally:
+                keras.backend.clear_session()
         with open(report_path, encoding="utf-8") as f:
             report = json.load(f)
         scores = {r["mode"]: r[metric] for r in report["rows"]}

@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 
 from mnv3.config import Config
+from mnv3.config.rules import check_consistency
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +31,8 @@ class Candidate:
 
     def config(self, cfg: Config, epochs: int | None = None) -> Config:
         """`cfg` with this candidate's network and input size (square) and, if
-        given, `epochs` as train.epochs."""
+        given, `epochs` as train.epochs. Checked like a loaded config: a
+        candidate the rules refuse raises ConfigError (one line)."""
         out = dataclasses.replace(
             cfg, model=dataclasses.replace(cfg.model, variant=self.variant,
                                            minimalistic=self.minimalistic,
@@ -40,6 +42,7 @@ class Candidate:
         if epochs is not None:
             out = dataclasses.replace(out, train=dataclasses.replace(cfg.train,
                                                                      epochs=epochs))
+        check_consistency(out)
         return out
 
 

@@ -44,11 +44,11 @@ def fits_init(cfg: Config, candidates: list[Candidate]) -> dict[tuple, str | Non
             continue
         reasons[arch] = None
         if cfg.model.init_from:
-            c_cfg = candidate.config(cfg)
             try:
+                c_cfg = candidate.config(cfg)
                 pretrained.plan(c_cfg, tasks.get(c_cfg))
             except UserError as e:
-                reasons[arch] = str(e)
+                reasons[arch] = f"not trained from model.init_from: {e}"
             keras.backend.clear_session()
     return reasons
 
@@ -61,10 +61,10 @@ def convert_candidate(cfg: Config, candidate: Candidate, source, folder: str) ->
     if os.path.exists(row_path):
         with open(row_path, encoding="utf-8") as f:
             return json.load(f)
-    c_cfg = candidate.config(cfg)
     started = time.perf_counter()
     row = {"name": candidate.name}
     try:
+        c_cfg = candidate.config(cfg)
         task = tasks.get(c_cfg)
         model = task.build(c_cfg)
         cost = summarize(model)
@@ -98,16 +98,25 @@ def measure(cfg: Config, candidates: list[Candidate], source, folder: str) -> di
             return rows
     os.makedirs(folder, exist_ok=True)
     unfit = fits_init(cfg, candidates)
+    skipped = sum(bool(unfit[c.architecture]) for c in candidates)
+    if skipped:
+        say(f"timing: {skipped} of {len(candidates)} candidates are networks that "
+            f"model.init_from's weights do not fit (listed with the reason); "
+            f"{len(candidates) - skipped} to build and convert")
     rows, started = {}, time.perf_counter()
-    for i, candidate in enumerate(candidates, 1):
-        reason = unfit[candidate.architecture]
-        if reason:
-            rows[candidate.name] = {"name": candidate.name, "error": reason}
-            continue
+    to_convert = [c for c in candidates if not unfit[c.architecture]]
+    for candidate in candidates:
+        if unfit[candidate.architecture]:
+            rows[candidate.name] = {"name": candidate.name,
+                                    "error": unfit[candidate.architecture]}
+    for i, candidate in enumerate(to_convert, 1):
         rows[candidate.name] = row = convert_candidate(cfg, candidate, source, folder)
-        say(f"timing: {i}/{len(candidates)} {candidate.name} "
+        spent = time.perf_counter() - started
+        say(f"timing: {i}/{len(to_convert)} {candidate.name} "
             + (row["error"] if "error" in row else f"converted ({row['size_mb']} MB)")
-            + f", {_minutes(time.perf_counter() - started)} so far")
+            + f", {_minutes(spent)} so far, about "
+            f"{_minutes(spent / i * (len(to_convert) - i))} left")
+    rows = {c.name: rows[c.name] for c in candidates}  # the grid's order
     ready = [row for row in rows.values() if "error" not in row]
     if cfg.budget.adb_serial:
         for row in ready:

@@ -198,6 +198,9 @@ def _with_our_ranges(converter, samples, percentile, mode, output_range,
                             "float32, so it cannot be quantized (retrain with a lower "
                             "train.learning_rate)")
     for i in slots:
+        if i not in pinned:
+            ranges[i] = _at_least_min_width(*ranges[i])
+    for i in slots:
         graph.tensors[i].quantization.min = [ranges[i][0]]
         graph.tensors[i].quantization.max = [ranges[i][1]]
     # A float output keeps the task's last ops in float (see each task's
@@ -210,6 +213,19 @@ def _with_our_ranges(converter, samples, percentile, mode, output_range,
     return tf_internals.quantize(tf_internals.write_tflite(model),
                                  IO_TYPES[mode.input_type], IO_TYPES[mode.output_type],
                                  kept, float_nodes or None)
+
+
+# An activation that is (almost) always zero, such as a squeeze-excite branch a
+# fine-tune switched off, calibrates to a range like [0, 2e-6]. Its scale then
+# makes the next layer's requantization factor smaller than XNNPACK can hold
+# (2^-32), and XNNPACK 2.3 corrupts its heap on such a model ("double free or
+# corruption" at the first invoke) instead of refusing the node. A floor on the
+# width keeps the factor in range and loses nothing the float model had.
+MIN_RANGE_WIDTH = 1e-3
+
+
+def _at_least_min_width(lo: float, hi: float) -> tuple[float, float]:
+    return (lo, max(hi, lo + MIN_RANGE_WIDTH)) if hi - lo < MIN_RANGE_WIDTH else (lo, hi)
 
 
 def _tensor_name(tensor) -> str:

@@ -50,8 +50,9 @@ def check_out_of_process(path: str, images: np.ndarray,
     name = os.path.basename(path)
     if result.returncode < 0:
         sig = signal.Signals(-result.returncode).name
-        raise UserError(f"{name}: the TFLite interpreter crashed running it ({sig}); "
-                        "not published")
+        said = result.stderr.strip().splitlines()
+        raise UserError(f"{name}: the TFLite interpreter crashed running it ({sig}"
+                        + (f": {said[-1][:300]}" if said else "") + "); not published")
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines() or ["no output"]
         raise UserError(f"{name}: fails its check ({lines[-1][:300]}); not published")
