@@ -154,7 +154,9 @@ def test_a_search_killed_while_training_resumes_and_writes_the_winner(tmp_path):
     again = call_cli(cli.budget, *_search_args(out, weights, budget_ms=str(fastest)))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "epoch 1/" not in again.stdout and "converted in" not in again.stdout
-    assert json.loads((out / "budget.json").read_text())["winner"] is not None
+    second = {r["name"]: r for r in json.loads((out / "budget.json").read_text())["rows"]}
+    assert second[report["winner"]]["int8"] == winner["int8"]  # read back, not retrained
+    assert all(second[n]["int8"] is not None for n in ("small_0.35_32", "small_0.35_40"))
 
     # A changed recipe in the same folder is refused, and the folder kept.
     changed = call_cli(cli.budget, *_search_args(out, weights), "--set",

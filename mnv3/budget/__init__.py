@@ -34,6 +34,7 @@ from mnv3.errors import UserError
 from mnv3.export import pipeline as export
 from mnv3.files import Lock, write_atomically
 from mnv3.results import plots
+from mnv3.run_dir import RunDir
 from mnv3.training import run as train
 
 SEARCH_CONFIG = "search.yaml"
@@ -77,7 +78,11 @@ def run(cfg: Config, budget_ms: float, out_dir: str) -> dict:
             row["on_front"] = True
         timed_s = time.perf_counter() - started
         chosen = _to_train(ordered, cfg, budget_ms)
-        _train_all(cfg, chosen, paths, task.export.headline[0][0])
+        metric = task.export.headline[0][0]
+        _train_all(cfg, chosen, paths, metric)
+        for row in ordered:  # candidates an earlier search (another budget) trained
+            if row not in chosen and "error" not in row:
+                _read_scores(row, os.path.join(paths.runs, row["name"]), metric)
         best = front.winner(ordered, budget_ms)
         if best:
             best["winner"] = True
@@ -146,14 +151,17 @@ def _train_all(cfg: Config, chosen: list[dict], paths: Paths, metric: str) -> No
     (an ordinary run directory: train.py and export_tflite.py work on it), and
     puts its float and int8 scores on the row."""
     epochs = _epochs(cfg)
-    started, done_madds = time.perf_counter(), 0
+    started, spent, done_madds = time.perf_counter(), 0.0, 0
     for i, row in enumerate(chosen, 1):
         candidate = Candidate(row["variant"], row["minimalistic"], row["alpha"],
                               row["image_size"])
         left = ""
-        if done_madds:  # training time grows about with multiply-adds
-            rate = (time.perf_counter() - started) / done_madds
-            left = f", about {sum(r['madds'] for r in chosen[i - 1:]) * rate / 60:.0f} min left"
+        if done_madds:  # an epoch's time grows about with multiply-adds
+            rate = spent / done_madds
+            waiting = [r for r in chosen[i - 1:] if not os.path.exists(
+                os.path.join(paths.runs, r["name"], "export", "report.json"))]
+            left = (f", about {sum(r['madds'] for r in waiting) * rate / 60:.0f} "
+                    "min of training left")
         say(f"training {i}/{len(chosen)}: {row['name']} ({epochs} epochs, "
             f"{row['latency_ms']} ms), {(time.perf_counter() - started) / 60:.1f} min "
             f"so far{left}")
@@ -173,11 +181,22 @@ def _train_all(cfg: Config, chosen: list[dict], paths: Paths, metric: str) -> No
                 continue
             finally:
                 keras.backend.clear_session()
-        with open(report_path, encoding="utf-8") as f:
-            report = json.load(f)
-        scores = {r["mode"]: r[metric] for r in report["rows"]}
-        row.update(accuracy=scores["keras"], int8=scores["int8"], run_dir=run_dir)
+        _read_scores(row, run_dir, metric)
+        # The epochs' own seconds, whether trained now or before an interruption.
+        spent += sum(r.get("seconds", 0) for r in RunDir(run_dir).read_metrics())
         done_madds += row["madds"]
+
+
+def _read_scores(row: dict, run_dir: str, metric: str) -> bool:
+    """Puts a trained candidate's float and int8 scores (its export report's)
+    on its row; False if it has none yet."""
+    path = os.path.join(run_dir, "export", "report.json")
+    if not os.path.exists(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        scores = {r["mode"]: r[metric] for r in json.load(f)["rows"]}
+    row.update(accuracy=scores["keras"], int8=scores["int8"], run_dir=run_dir)
+    return True
 
 
 def _write_outputs(cfg: Config, result: dict, paths: Paths, best: dict | None) -> None:
@@ -202,28 +221,35 @@ def _write_outputs(cfg: Config, result: dict, paths: Paths, best: dict | None) -
 
 
 def markdown_table(result: dict) -> str:
-    """One line per candidate, fastest first; the untimed ones last, with why."""
+    """A line per timed candidate, fastest first; then the candidates that were
+    not timed, one line per reason (a grid's untrainable networks share one)."""
     metric = result["metric"]
     lines = [f"Budget {result['budget_ms']:g} ms; trained candidates got "
              f"{result['epochs_each']} epochs each; latency of the int8 file.", "",
              f"| candidate | latency (ms) | MAdds (M) | params | int8 size (MB) | front | "
              f"{metric} | int8 {metric} | note |",
              "| --- | ---: | ---: | ---: | ---: | :-: | ---: | ---: | --- |"]
-    rows = sorted(result["rows"], key=lambda r: (r.get("latency_ms") is None,
-                                                 r.get("latency_ms") or 0, r["name"]))
-    for r in rows:
+    timed = sorted((r for r in result["rows"] if r.get("latency_ms") is not None),
+                   key=lambda r: (r["latency_ms"], r["name"]))
+    for r in timed:
         notes = [n for n, on in (("winner", r.get("winner")), ("as given", r.get("given")))
                  if on]
-        if r.get("latency_ms") is not None and r["latency_ms"] > result["budget_ms"]:
+        if r["latency_ms"] > result["budget_ms"]:
             notes.append("over budget")
-        if "error" in r:
+        if "error" in r:  # timed, but its training or export failed
             notes.append(r["error"])
-
         cells = [r["name"], _cell(r, "latency_ms", "{:.3f}"), _cell(r, "madds", "{:.1f}", 1e-6),
                  _cell(r, "params", "{:,d}"), _cell(r, "size_mb", "{:.2f}"),
                  "yes" if r.get("on_front") else "", _cell(r, "accuracy", "{:.1f}%", 100),
                  _cell(r, "int8", "{:.1f}%", 100), "; ".join(notes)]
         lines.append("| " + " | ".join(cells) + " |")
+    by_reason: dict[str, list[str]] = {}
+    for r in result["rows"]:
+        if r.get("latency_ms") is None:
+            by_reason.setdefault(r.get("error", "not timed"), []).append(r["name"])
+    if by_reason:
+        lines += ["", "Not timed:", "", "| candidates | why |", "| --- | --- |"]
+        lines += [f"| {', '.join(names)} | {reason} |" for reason, names in by_reason.items()]
     return "\n".join(lines)
 
 

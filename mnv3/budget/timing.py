@@ -48,7 +48,7 @@ def fits_init(cfg: Config, candidates: list[Candidate]) -> dict[tuple, str | Non
                 c_cfg = candidate.config(cfg)
                 pretrained.plan(c_cfg, tasks.get(c_cfg))
             except UserError as e:
-                reasons[arch] = f"not trained from model.init_from: {e}"
+                reasons[arch] = f"not trained: {e}"
             keras.backend.clear_session()
     return reasons
 
