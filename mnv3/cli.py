@@ -246,15 +246,20 @@ def budget(argv: Sequence[str] | None = None) -> int:
     table, a plot and the winning config.
 
     mnv3-budget --config configs/finetune.yaml --budget_ms 1.5 --out_dir runs/budget
+    mnv3-budget --config configs/finetune.yaml --budget_ratio 0.5 --out_dir runs/budget
     """
     p = parser(budget.__doc__)
     add_config_flags(p, "YAML experiment config: your data and recipe (see configs/)",
                      "budget.epochs=5", required=True)
-    p.add_argument("--budget_ms", type=float, required=True,
-                   help="latency budget of the int8 file, milliseconds per image")
+    budget_flags = p.add_mutually_exclusive_group(required=True)
+    budget_flags.add_argument("--budget_ms", type=float,
+                              help="latency budget of the int8 file, milliseconds per image")
+    budget_flags.add_argument("--budget_ratio", type=float, help="the budget as a share of "
+                              "the config as given's own int8 latency, timed beside the "
+                              "candidates (0.5: half as slow; holds on a slower day too)")
     p.add_argument("--out_dir", required=True, help="where the timings, the trained "
                    "candidates and the results go; rerun the same command to resume "
-                   "(or with another --budget_ms to reuse the work)")
+                   "(or with another budget to reuse the work)")
 
     def body(args):
         from mnv3 import config as config_lib
@@ -263,5 +268,5 @@ def budget(argv: Sequence[str] | None = None) -> int:
         _quiet_tensorflow()
         from mnv3.budget import run
 
-        run(cfg, args.budget_ms, args.out_dir)
+        run(cfg, args.out_dir, budget_ms=args.budget_ms, budget_ratio=args.budget_ratio)
     return _command(p, argv, body)

@@ -84,9 +84,9 @@ SEARCH = TINY + ["data.image_size=40", "data.synthetic_images=240",
                  "export.calibration_steps=8", "export.latency_runs=10"]
 
 
-def _search_args(out_dir, init_from, budget_ms="100"):
+def _search_args(out_dir, init_from, budget=("--budget_ms", "100")):
     args = ["--config", os.path.join(ROOT, "configs", "quickstart.yaml"),
-            "--budget_ms", budget_ms, "--out_dir", str(out_dir),
+            *budget, "--out_dir", str(out_dir),
             "--set", f"model.init_from={init_from}"]
     for item in SEARCH:
         args += ["--set", item]
@@ -149,12 +149,14 @@ def test_a_search_killed_while_training_resumes_and_writes_the_winner(tmp_path):
     assert written.train.epochs == 10 and written.model.init_from == str(weights)
     assert (out / "budget.png").stat().st_size > 10_000
 
-    # Another budget reuses every trained candidate: nothing is timed or trained again.
-    fastest = min(rows["small_0.35_32"]["latency_ms"], rows["small_0.35_40"]["latency_ms"])
-    again = call_cli(cli.budget, *_search_args(out, weights, budget_ms=str(fastest)))
+    # Another budget, as a share of the given config's latency, reuses every
+    # trained candidate: nothing is timed or trained again.
+    again = call_cli(cli.budget, *_search_args(out, weights, ("--budget_ratio", "1.0")))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "epoch 1/" not in again.stdout and "converted in" not in again.stdout
-    second = {r["name"]: r for r in json.loads((out / "budget.json").read_text())["rows"]}
+    ratio_report = json.loads((out / "budget.json").read_text())
+    assert ratio_report["budget_ms"] == round(rows["small_0.35_40"]["latency_ms"], 4)
+    second = {r["name"]: r for r in ratio_report["rows"]}
     assert second[report["winner"]]["int8"] == winner["int8"]  # read back, not retrained
     assert all(second[n]["int8"] is not None for n in ("small_0.35_32", "small_0.35_40"))
 
@@ -175,7 +177,12 @@ def test_bad_budget_input_is_one_line(tmp_path):
                                    str(in_the_way)), "not a directory")
     assert in_the_way.read_text() == "mine"
     assert_one_line_error(call_cli(cli.budget, *args, "--out_dir", str(tmp_path)),
-                          "--budget_ms")
+                          "--budget_ms", "--budget_ratio")  # neither
+    assert_one_line_error(call_cli(cli.budget, *args, "--budget_ms", "1", "--budget_ratio",
+                                   "0.5", "--out_dir", str(tmp_path)), "not allowed with")
+    assert_one_line_error(call_cli(cli.budget, *args, "--budget_ratio", "-1", "--out_dir",
+                                   str(tmp_path / "b")), "--budget_ratio -1", "more than 0")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 BENCHMARK_OUTPUT = """STARTING!

@@ -56,10 +56,17 @@ class Paths:
         self.lock = os.path.join(root, ".budget.lock")
 
 
-def run(cfg: Config, budget_ms: float, out_dir: str) -> dict:
-    """The search; returns what budget.json holds."""
-    if not budget_ms > 0:
-        raise UserError(f"--budget_ms {budget_ms:g}: must be more than 0")
+def run(cfg: Config, out_dir: str, budget_ms: float | None = None,
+        budget_ratio: float | None = None) -> dict:
+    """The search, for a budget in milliseconds or as a share of the config as
+    given's own int8 latency (`budget_ratio`: timed in the same sitting as every
+    candidate, so it holds however fast the machine runs that day); returns
+    what budget.json holds."""
+    if (budget_ms is None) == (budget_ratio is None):
+        raise UserError("give one budget: --budget_ms or --budget_ratio")
+    for flag, value in (("--budget_ms", budget_ms), ("--budget_ratio", budget_ratio)):
+        if value is not None and not value > 0:
+            raise UserError(f"{flag} {value:g}: must be more than 0")
     started = time.perf_counter()
     paths = Paths(out_dir)
     task = tasks.get(cfg)
@@ -70,12 +77,14 @@ def run(cfg: Config, budget_ms: float, out_dir: str) -> dict:
     with Lock(paths.lock, "mnv3-budget", "--out_dir"):
         _check_same_search(cfg, paths.config)
         candidates = grid(cfg)
-        say(f"budget {budget_ms:g} ms: {len(candidates)} candidates "
-            f"({_grid_text(cfg)}, and the config as given)")
+        say(f"budget {f'{budget_ms:g} ms' if budget_ms else f'{budget_ratio:g} x the config as given'}: "
+            f"{len(candidates)} candidates ({_grid_text(cfg)}, and the config as given)")
         rows = timing.measure(cfg, candidates, source, paths.timing)
         ordered = [{**dataclasses.asdict(c), **rows[c.name]} for c in candidates]
         for row in front.front(ordered):
             row["on_front"] = True
+        if budget_ratio is not None:
+            budget_ms = _share_of_given(ordered, cfg, budget_ratio)
         timed_s = time.perf_counter() - started
         chosen = _to_train(ordered, cfg, budget_ms)
         metric = task.export.headline[0][0]
@@ -86,7 +95,8 @@ def run(cfg: Config, budget_ms: float, out_dir: str) -> dict:
         best = front.winner(ordered, budget_ms)
         if best:
             best["winner"] = True
-        result = {"budget_ms": budget_ms, "metric": task.export.headline[0][1],
+        result = {"budget_ms": round(budget_ms, 4), "budget_ratio": budget_ratio,
+                  "metric": task.export.headline[0][1],
                   "epochs_each": _epochs(cfg), "candidates": len(candidates),
                   "timed": sum(r.get("latency_ms") is not None for r in ordered),
                   "trained": len(chosen), "timing_stage_s": round(timed_s),
@@ -123,6 +133,16 @@ def _check_same_search(cfg: Config, path: str) -> None:
                     f"{path}: this folder holds a search with {section}.{key}: "
                     f"{theirs.get(section, {}).get(key)!r}, not {value!r}; use another "
                     "--out_dir (or the same config)")
+
+
+def _share_of_given(rows: list[dict], cfg: Config, ratio: float) -> float:
+    as_given = next(r for r in rows if r["name"] == given(cfg).name)
+    if as_given.get("latency_ms") is None:
+        raise UserError(f"--budget_ratio: the config as given ({as_given['name']}) could "
+                        f"not be timed ({as_given.get('error')}); give --budget_ms")
+    say(f"budget: {ratio:g} x {as_given['latency_ms']} ms (the config as given) = "
+        f"{ratio * as_given['latency_ms']:.3f} ms")
+    return ratio * as_given["latency_ms"]
 
 
 def _to_train(rows: list[dict], cfg: Config, budget_ms: float) -> list[dict]:
@@ -224,7 +244,9 @@ def markdown_table(result: dict) -> str:
     """A line per timed candidate, fastest first; then the candidates that were
     not timed, one line per reason (a grid's untrainable networks share one)."""
     metric = result["metric"]
-    lines = [f"Budget {result['budget_ms']:g} ms; trained candidates got "
+    share = (f" ({result['budget_ratio']:g} x the config as given, timed beside it)"
+             if result.get("budget_ratio") else "")
+    lines = [f"Budget {result['budget_ms']:g} ms{share}; trained candidates got "
              f"{result['epochs_each']} epochs each; latency of the int8 file.", "",
              f"| candidate | latency (ms) | MAdds (M) | params | int8 size (MB) | front | "
              f"{metric} | int8 {metric} | note |",
