@@ -27,7 +27,7 @@ import yaml
 from mnv3 import config as config_lib
 from mnv3 import tasks
 from mnv3.budget import front, timing
-from mnv3.budget.candidates import Candidate, given, grid
+from mnv3.budget.candidates import candidate_of, given, grid
 from mnv3.config import Config
 from mnv3.console import say
 from mnv3.errors import UserError
@@ -54,6 +54,13 @@ class Paths:
         self.png = os.path.join(root, "budget.png")
         self.winner = os.path.join(root, "winner.yaml")
         self.lock = os.path.join(root, ".budget.lock")
+
+    def run(self, name: str) -> str:
+        return os.path.join(self.runs, name)
+
+    def report(self, name: str) -> str:
+        """A trained candidate's export report: there once it is done."""
+        return os.path.join(RunDir(self.run(name)).export, "report.json")
 
 
 def run(cfg: Config, out_dir: str, budget_ms: float | None = None,
@@ -83,15 +90,18 @@ def run(cfg: Config, out_dir: str, budget_ms: float | None = None,
         ordered = [{**dataclasses.asdict(c), **rows[c.name]} for c in candidates]
         for row in front.front(ordered):
             row["on_front"] = True
+        for row in ordered:
+            row["given"] = row["name"] == given(cfg).name
+        as_given = next(r for r in ordered if r["given"])
         if budget_ratio is not None:
-            budget_ms = _share_of_given(ordered, cfg, budget_ratio)
+            budget_ms = _share_of_given(as_given, budget_ratio)
         timed_s = time.perf_counter() - started
-        chosen = _to_train(ordered, cfg, budget_ms)
+        chosen = _to_train(ordered, as_given, cfg, budget_ms)
         metric = task.export.headline[0][0]
         _train_all(cfg, chosen, paths, metric)
         for row in ordered:  # candidates an earlier search (another budget) trained
             if row not in chosen and "error" not in row:
-                _read_scores(row, os.path.join(paths.runs, row["name"]), metric)
+                _read_scores(row, paths, metric)
         best = front.winner(ordered, budget_ms)
         if best:
             best["winner"] = True
@@ -102,7 +112,7 @@ def run(cfg: Config, out_dir: str, budget_ms: float | None = None,
                   "trained": len(chosen), "timing_stage_s": round(timed_s),
                   "wall_s": round(time.perf_counter() - started),
                   "winner": best and best["name"],
-                  "given": given(cfg).name, "rows": ordered}
+                  "given": as_given["name"], "rows": ordered}
         _write_outputs(cfg, result, paths, best)
     return result
 
@@ -135,8 +145,7 @@ def _check_same_search(cfg: Config, path: str) -> None:
                     "--out_dir (or the same config)")
 
 
-def _share_of_given(rows: list[dict], cfg: Config, ratio: float) -> float:
-    as_given = next(r for r in rows if r["name"] == given(cfg).name)
+def _share_of_given(as_given: dict, ratio: float) -> float:
     if as_given.get("latency_ms") is None:
         raise UserError(f"--budget_ratio: the config as given ({as_given['name']}) could "
                         f"not be timed ({as_given.get('error')}); give --budget_ms")
@@ -145,7 +154,8 @@ def _share_of_given(rows: list[dict], cfg: Config, ratio: float) -> float:
     return ratio * as_given["latency_ms"]
 
 
-def _to_train(rows: list[dict], cfg: Config, budget_ms: float) -> list[dict]:
+def _to_train(rows: list[dict], as_given: dict, cfg: Config, budget_ms: float
+              ) -> list[dict]:
     """The rows to train: the front's best within the budget, and the config
     as given (for comparison, whatever its latency)."""
     timed = [r for r in rows if r.get("latency_ms") is not None]
@@ -155,12 +165,8 @@ def _to_train(rows: list[dict], cfg: Config, budget_ms: float) -> list[dict]:
     chosen = front.to_train(rows, budget_ms, cfg.budget.max_trained)
     if not chosen:
         fastest = min(timed, key=lambda r: r["latency_ms"])
-        raise UserError(f"--budget_ms {budget_ms:g}: no candidate runs that fast here; "
+        raise UserError(f"budget {budget_ms:g} ms: no candidate runs that fast here; "
                         f"the fastest, {fastest['name']}, takes {fastest['latency_ms']} ms")
-    name = given(cfg).name
-    for row in rows:
-        row["given"] = row["name"] == name
-    as_given = next(r for r in rows if r["given"])
     if as_given not in chosen and "error" not in as_given:
         chosen.append(as_given)
     return chosen
@@ -173,22 +179,19 @@ def _train_all(cfg: Config, chosen: list[dict], paths: Paths, metric: str) -> No
     epochs = _epochs(cfg)
     started, spent, done_madds = time.perf_counter(), 0.0, 0
     for i, row in enumerate(chosen, 1):
-        candidate = Candidate(row["variant"], row["minimalistic"], row["alpha"],
-                              row["image_size"])
         left = ""
         if done_madds:  # an epoch's time grows about with multiply-adds
             rate = spent / done_madds
-            waiting = [r for r in chosen[i - 1:] if not os.path.exists(
-                os.path.join(paths.runs, r["name"], "export", "report.json"))]
+            waiting = [r for r in chosen[i - 1:]
+                       if not os.path.exists(paths.report(r["name"]))]
             left = (f", about {sum(r['madds'] for r in waiting) * rate / 60:.0f} "
                     "min of training left")
         say(f"training {i}/{len(chosen)}: {row['name']} ({epochs} epochs, "
             f"{row['latency_ms']} ms), {(time.perf_counter() - started) / 60:.1f} min "
             f"so far{left}")
-        run_dir = os.path.join(paths.runs, row["name"])
-        report_path = os.path.join(run_dir, "export", "report.json")
-        c_cfg = candidate.config(cfg, epochs)
-        if not os.path.exists(report_path):
+        run_dir = paths.run(row["name"])
+        c_cfg = candidate_of(row).config(cfg, epochs)
+        if not os.path.exists(paths.report(row["name"])):
             try:
                 train(c_cfg, run_dir)
                 keras.backend.clear_session()
@@ -201,22 +204,21 @@ def _train_all(cfg: Config, chosen: list[dict], paths: Paths, metric: str) -> No
                 continue
             finally:
                 keras.backend.clear_session()
-        _read_scores(row, run_dir, metric)
+        _read_scores(row, paths, metric)
         # The epochs' own seconds, whether trained now or before an interruption.
         spent += sum(r.get("seconds", 0) for r in RunDir(run_dir).read_metrics())
         done_madds += row["madds"]
 
 
-def _read_scores(row: dict, run_dir: str, metric: str) -> bool:
+def _read_scores(row: dict, paths: Paths, metric: str) -> None:
     """Puts a trained candidate's float and int8 scores (its export report's)
-    on its row; False if it has none yet."""
-    path = os.path.join(run_dir, "export", "report.json")
-    if not os.path.exists(path):
-        return False
-    with open(path, encoding="utf-8") as f:
-        scores = {r["mode"]: r[metric] for r in json.load(f)["rows"]}
-    row.update(accuracy=scores["keras"], int8=scores["int8"], run_dir=run_dir)
-    return True
+    on its row, if it has them."""
+    path = paths.report(row["name"])
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            scores = {r["mode"]: r[metric] for r in json.load(f)["rows"]}
+        row.update(accuracy=scores["keras"], int8=scores["int8"],
+                   run_dir=paths.run(row["name"]))
 
 
 def _write_outputs(cfg: Config, result: dict, paths: Paths, best: dict | None) -> None:
@@ -227,8 +229,7 @@ def _write_outputs(cfg: Config, result: dict, paths: Paths, best: dict | None) -
     write_atomically(paths.table, table + "\n")
     write_atomically(paths.json, json.dumps(result, indent=1))
     if best:
-        winning = Candidate(best["variant"], best["minimalistic"], best["alpha"],
-                            best["image_size"]).config(cfg)
+        winning = candidate_of(best).config(cfg)
         header = (f"# mnv3-budget: the most accurate candidate within {result['budget_ms']:g} ms "
                   f"({best['name']}: int8 {result['metric']} {100 * best['int8']:.1f}% after "
                   f"{result['epochs_each']} epochs, {best['latency_ms']} ms).\n"

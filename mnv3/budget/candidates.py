@@ -46,6 +46,11 @@ class Candidate:
         return out
 
 
+def candidate_of(row: dict) -> Candidate:
+    """The candidate a result row (which carries its fields) is about."""
+    return Candidate(**{f.name: row[f.name] for f in dataclasses.fields(Candidate)})
+
+
 def given(cfg: Config) -> Candidate:
     """The config as the user wrote it, as a candidate (it is trained for comparison)."""
     return Candidate(cfg.model.variant, cfg.model.minimalistic, cfg.model.alpha,

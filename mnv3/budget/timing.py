@@ -103,20 +103,19 @@ def measure(cfg: Config, candidates: list[Candidate], source, folder: str) -> di
         say(f"timing: {skipped} of {len(candidates)} candidates are networks that "
             f"model.init_from's weights do not fit (listed with the reason); "
             f"{len(candidates) - skipped} to build and convert")
-    rows, started = {}, time.perf_counter()
-    to_convert = [c for c in candidates if not unfit[c.architecture]]
+    rows, started, converted, to_convert = {}, time.perf_counter(), 0, len(candidates) - skipped
     for candidate in candidates:
         if unfit[candidate.architecture]:
             rows[candidate.name] = {"name": candidate.name,
                                     "error": unfit[candidate.architecture]}
-    for i, candidate in enumerate(to_convert, 1):
+            continue
         rows[candidate.name] = row = convert_candidate(cfg, candidate, source, folder)
+        converted += 1
         spent = time.perf_counter() - started
-        say(f"timing: {i}/{len(to_convert)} {candidate.name} "
+        say(f"timing: {converted}/{to_convert} {candidate.name} "
             + (row["error"] if "error" in row else f"converted ({row['size_mb']} MB)")
             + f", {_minutes(spent)} so far, about "
-            f"{_minutes(spent / i * (len(to_convert) - i))} left")
-    rows = {c.name: rows[c.name] for c in candidates}  # the grid's order
+            f"{_minutes(spent / converted * (to_convert - converted))} left")
     ready = [row for row in rows.values() if "error" not in row]
     if cfg.budget.adb_serial:
         for row in ready:

@@ -244,7 +244,7 @@ def convert_model(trained, cfg: Config, task: Task, mode: Mode, calibration: lis
                    float_layers=float_layers(graph.model) if cfg.export.int8_float_stem
                    else (),
                    trained_ranges=graph.ranges if cfg.export.int8_ranges == "trained"
-                   else None, provenance=provenance if provenance is not None else {},
+                   else None, provenance=provenance,
                    serve=task.export.serving(graph.model))
 
 

@@ -198,11 +198,11 @@ def _with_our_ranges(converter, samples, percentile, mode, output_range,
                             "float32, so it cannot be quantized (retrain with a lower "
                             "train.learning_rate)")
     for i in slots:
-        if i not in pinned:
-            ranges[i] = _at_least_min_width(*ranges[i])
-    for i in slots:
-        graph.tensors[i].quantization.min = [ranges[i][0]]
-        graph.tensors[i].quantization.max = [ranges[i][1]]
+        lo, hi = ranges[i]
+        if i not in pinned:  # pinned ranges mean values; measured ones get the floor
+            hi = max(hi, lo + MIN_RANGE_WIDTH)
+        graph.tensors[i].quantization.min = [lo]
+        graph.tensors[i].quantization.max = [hi]
     # A float output keeps the task's last ops in float (see each task's
     # float_ops: a classifier's softmax, a segmenter's upsampling).
     kept = list(float_ops) if mode.output_type == "float32" and float_ops else None
@@ -222,10 +222,6 @@ def _with_our_ranges(converter, samples, percentile, mode, output_range,
 # corruption" at the first invoke) instead of refusing the node. A floor on the
 # width keeps the factor in range and loses nothing the float model had.
 MIN_RANGE_WIDTH = 1e-3
-
-
-def _at_least_min_width(lo: float, hi: float) -> tuple[float, float]:
-    return (lo, max(hi, lo + MIN_RANGE_WIDTH)) if hi - lo < MIN_RANGE_WIDTH else (lo, hi)
 
 
 def _tensor_name(tensor) -> str:
