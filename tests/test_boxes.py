@@ -190,6 +190,30 @@ def test_augmented_boxes_still_frame_their_objects():
         np.testing.assert_allclose(inside.mean(0), COLOURS[cls], atol=12)
 
 
+def test_the_crop_area_bounds_the_views_and_whole_photos_need_no_crop():
+    from mnv3.data.box_augment import eval_view, train_view
+
+    pixels, boxes, classes = coloured_photo()
+    # data.box_crop_area [1, 1] without flips: the eval view, boxes as given.
+    image, out_boxes, out_classes = (np.asarray(t) for t in train_view(
+        pixels, boxes, classes, tf_seed(0), 96, crop_area=(1.0, 1.0), flip=False))
+    np.testing.assert_array_equal(image, np.asarray(eval_view(pixels, 96)))
+    np.testing.assert_array_equal(out_boxes, boxes)
+    np.testing.assert_array_equal(out_classes, classes)
+    # Every crop of at least 0.6 of the area has sides of at least 0.6 (the
+    # sides are at most 1): no box grows past 1 / 0.6 of its side. SSD's
+    # default range, down to 0.1, zooms further.
+    def growth(crop_area):
+        for i in range(40):
+            _, out_boxes, out_classes = (np.asarray(t) for t in train_view(
+                pixels, boxes, classes, tf_seed(i), 96, crop_area=crop_area))
+            sides = boxes[out_classes, 2:] - boxes[out_classes, :2]
+            yield from ((out_boxes[:, 2:] - out_boxes[:, :2]) / sides).ravel()
+    mild, default = list(growth((0.6, 1.0))), list(growth((0.1, 1.0)))
+    assert mild and 1.05 < max(mild) <= 1.02 / 0.6  # 2%: whole pixels
+    assert max(default) > 1 / 0.6
+
+
 def test_a_flip_mirrors_the_boxes():
     from mnv3.data.box_augment import flip_left_right
 

@@ -55,7 +55,7 @@ def check_consistency(cfg: Config):
     if len(cfg.data.scale_range) != 2 or not 0 < lo <= hi <= 4:
         raise ConfigError(f"data.scale_range: expected [low, high] with 0 < low <= high "
                           f"<= 4, got {cfg.data.scale_range}")
-    for key in ("crop_scale", "crop_ratio"):
+    for key in ("crop_scale", "crop_ratio", "box_crop_area"):
         lo_hi = getattr(cfg.data, key)
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
             raise ConfigError(f"data.{key}: expected [low, high] with 0 < low <= high, "

@@ -173,6 +173,12 @@ class DataConfig:
         [0.75, 1.3333], "random_resized: range of the crop's aspect ratio.")
     pad_pixels: int = _field(4, "pad_and_crop: padding on each side.", min=0, max=1024)
     random_flip: bool = _field(True, "Random horizontal flips in training.")
+    box_crop_area: list[float] = _field(
+        [0.1, 1.0], "`detection`: SSD's random crop in training, the range of its share "
+        "of the photo's area (SSD's is [0.1, 1]); [1, 1] keeps the whole photo. Crops "
+        "pay off over long schedules and cost a short run most of what it learns "
+        "(BENCHMARKS.md, detection).", min=0.0, max=1.0, min_exclusive=True,
+        only_for="detection")
     eval_crop_fraction: float = _field(
         0.875, "Evaluation: central crop of this share of the shorter side, then resize.",
         min=0.0, max=1.0, min_exclusive=True)

@@ -21,7 +21,7 @@ from mnv3.data.boxes import PADDING
 from mnv3.data.preprocess import decode, to_uint8
 
 MIN_COVERED = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)  # SSD's choices (its "whole image" aside)
-CROP_AREA = (0.1, 1.0)  # of the photo
+CROP_AREA = (0.1, 1.0)  # of the photo (SSD's; data.box_crop_area)
 CROP_ASPECT = (0.5, 2.0)
 MIN_SIDE = 1e-3  # a box thinner than this (of the view) after clipping is dropped
 
@@ -30,7 +30,7 @@ def _resize(image, size: int):
     return to_uint8(tf.image.resize(image, [size, size], method="bilinear"))
 
 
-def _crop(image, boxes, classes, seed):
+def _crop(image, boxes, classes, seed, area):
     """A random SSD crop of decoded `image`, with the boxes whose centres it holds."""
     pick_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     shares = tf.constant(MIN_COVERED)
@@ -41,7 +41,7 @@ def _crop(image, boxes, classes, seed):
                            lambda: tf.constant([[0.0, 0.0, 1.0, 1.0]]))
     begin, size, window = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image), bounding_boxes=anchor_boxes[None], seed=crop_seed,
-        min_object_covered=share, aspect_ratio_range=CROP_ASPECT, area_range=CROP_AREA,
+        min_object_covered=share, aspect_ratio_range=CROP_ASPECT, area_range=area,
         max_attempts=50, use_image_if_no_bounding_boxes=True)
     image = tf.slice(image, begin, size)
     window = tf.reshape(window, [4])
@@ -70,14 +70,19 @@ def flip_left_right(image, boxes):
     return tf.image.flip_left_right(image), flipped
 
 
-def train_view(image, boxes, classes, seed, size: int):
+def train_view(image, boxes, classes, seed, size: int,
+               crop_area: tuple[float, float] = CROP_AREA, flip: bool = True):
     """SSD's augmentation of one photo (bytes or pixels): (size x size x 3
-    uint8, boxes, classes)."""
+    uint8, boxes, classes). `crop_area`: the crop's share of the photo's area
+    ((1, 1): no crop); `flip`: random horizontal flips."""
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    image, boxes, classes = _crop(decode(image), boxes, classes, crop_seed)
-    flip = tf.random.stateless_uniform([], flip_seed) < 0.5
-    image, boxes = tf.cond(flip, lambda: flip_left_right(image, boxes),
-                           lambda: (image, boxes))
+    image = decode(image)
+    if crop_area[0] < 1:
+        image, boxes, classes = _crop(image, boxes, classes, crop_seed, crop_area)
+    if flip:
+        flipped = tf.random.stateless_uniform([], flip_seed) < 0.5
+        image, boxes = tf.cond(flipped, lambda: flip_left_right(image, boxes),
+                               lambda: (image, boxes))
     return _resize(image, size), boxes, classes
 
 

@@ -100,8 +100,10 @@ class Detection(Task):
 
     def train_view(self, image, label, seed, size):
         # `size` is data.image_size: resolution schedules are for classification.
+        d = self.cfg.data
         image, found, classes = box_augment.train_view(
-            image, *box_augment.unpadded(label), seed, self.cfg.data.image_size)
+            image, *box_augment.unpadded(label), seed, d.image_size,
+            crop_area=tuple(d.box_crop_area), flip=d.random_flip)
         return image, box_augment.padded(found, classes, self.cfg.task.max_boxes)
 
     def eval_view(self, image, label):
