@@ -62,6 +62,7 @@ def test_weights_round_per_channel_on_the_converters_symmetric_grid():
                                rounded * scale, rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.slow  # converts to int8
 def test_the_int8_file_takes_every_trained_range_and_computes_what_the_qat_model_does():
     cfg, task, model, copy = _tiny_qat_model()
     qat.set_quantizing(copy, True)
@@ -87,6 +88,7 @@ def test_the_int8_file_takes_every_trained_range_and_computes_what_the_qat_model
     assert np.abs(int8 - simulated).mean() < 0.5 * np.abs(int8 - unrounded).mean()
 
 
+@pytest.mark.slow  # converts to int8
 def test_a_segmenter_takes_every_trained_range_too():
     cfg = config_lib.load(None, ["task.name=segmentation", "model.alpha=0.35",
                                  "data.image_size=64", "data.num_classes=4"])
