@@ -13,6 +13,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from mnv3.errors import UserError
+
 COUNT = "count"  # images in the sums, kept beside the metrics
 
 
@@ -108,10 +110,14 @@ def zeros(metrics: list[Metric]) -> dict:
     return sums
 
 
-def rates(metrics: list[Metric], sums: dict) -> dict:
+def rates(metrics: list[Metric], sums: dict, what: str = "evaluation") -> dict:
     """Every metric's reported values, plus the image count, from sums read off
-    the device."""
+    the device. No image counted is an error: every one of the `what` images
+    failed to decode."""
     count = float(sums[COUNT])
+    if count == 0:
+        raise UserError(f"no {what} images could be read (did every one fail to "
+                        "decode?)")
     out = {}
     for m in metrics:
         out.update(m.report(sums[m.name], count))

@@ -15,6 +15,7 @@ from mnv3 import config as config_lib
 from mnv3.model.quantize_aware import trained_ranges
 from mnv3.training import run
 from mnv3.training import optim
+from mnv3.training.strategy import distribute
 from mnv3 import cli
 from mnv3.data.pipeline import train_image_size
 from mnv3.errors import UserError
@@ -321,7 +322,7 @@ def test_several_steps_per_call_keep_logs_checkpoints_and_the_non_finite_stop(tm
 
     # A call stops after the first step whose loss is not finite: no further
     # update lands on the weights, and the data position counts that one step.
-    iterator = iter(trainer.distribute(trainer.pipeline.train(1)))
+    iterator = iter(distribute(trainer.strategy, trainer.pipeline.train(1)))
     kernel = trainer.model.get_layer("logits").kernel
     kernel.assign(tf.fill(kernel.shape, np.nan))
     sums, taken, loss = trainer.train_batches(iterator, tf.constant(5))

@@ -38,6 +38,15 @@ class FiniteGuard:
             [tf.reduce_all(tf.math.is_finite(v)) for v in self._float_variables()]))
         self._scores = tf.function(lambda images: self.model(images, training=False))
 
+    def probe_with(self, eval_data) -> None:
+        """The first batch of `eval_data` becomes the probe (weights can be
+        finite yet so large that the outputs are not)."""
+        first = next(iter(eval_data), None)
+        if first is None:
+            raise UserError("no evaluation images could be read (did every one fail to "
+                            "decode?)")
+        self.probe = tf.cast(first[0], tf.float32)
+
     def _float_variables(self):
         return [v for v in [*self.model.variables, *self.optimizer.variables]
                 if tf.as_dtype(v.dtype).is_floating]

@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from mnv3 import tf_internals
-from mnv3.config import TrainConfig
+from mnv3.config import Config, TrainConfig
 
 
 class WarmupExponentialDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -158,6 +158,20 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, model=None):
     # Decoupled decay on the weights the L2 term covers for the other optimisers.
     kept = [] if model is None or cfg.decay_depthwise else depthwise_kernels(model)
     optimizer.exclude_from_weight_decay(var_list=kept, var_names=["gamma", "beta", "bias"])
+    return optimizer
+
+
+def build_optimizer(cfg: Config, model, steps_per_epoch: int, backbone: list):
+    """make_optimizer as a run trains with it: loss scaling under mixed_float16,
+    built for `model`'s trainable variables, and the `backbone` variables at
+    train.backbone_lr_scale of the rate."""
+    optimizer = make_optimizer(cfg.train, steps_per_epoch, model)
+    if cfg.runtime.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(model.trainable_variables)
+    if cfg.train.backbone_lr_scale != 1.0:
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        inner.scale_learning_rate(backbone, cfg.train.backbone_lr_scale)
     return optimizer
 
 

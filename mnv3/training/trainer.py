@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -54,15 +53,9 @@ class Trainer:
             if cfg.train.qat_epochs:
                 self.model = quantize_aware(
                     self.model, float_layers(self.model) if cfg.export.int8_float_stem else ())
-            self.optimizer = optim.make_optimizer(cfg.train, self.steps_per_epoch, self.model)
-            if cfg.runtime.mixed_precision == "mixed_float16":
-                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
-            self.optimizer.build(self.model.trainable_variables)
-            if cfg.train.backbone_lr_scale != 1.0:
-                inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-                inner.scale_learning_rate(
-                    backbone_variables(self.model, self.task.head_layers),
-                    cfg.train.backbone_lr_scale)
+            self.optimizer = optim.build_optimizer(
+                cfg, self.model, self.steps_per_epoch,
+                backbone_variables(self.model, self.task.head_layers))
             self.position = Position()
             self.ema = None if cfg.train.ema_decay is None else \
                 ema_lib.Averages(self.model, self.optimizer, cfg.train.ema_decay)
@@ -159,9 +152,6 @@ class Trainer:
         out = self.strategy.run(step_fn, args=batch)
         return {k: self.strategy.reduce(SUM, v, axis=None) for k, v in out.items()}
 
-    def distribute(self, ds: tf.data.Dataset):
-        return distribute(self.strategy, ds)
-
     # --- public ------------------------------------------------------------------
 
     def evaluate(self) -> dict:
@@ -169,12 +159,12 @@ class Trainer:
         score = self.task.whole_set_score(self.pipeline.class_names)
         with self.ema.averaged() if self.ema else contextlib.nullcontext():
             sums = metrics_lib.zeros(self.metrics)
-            for batch in self.distribute(self.pipeline.eval()):
+            for batch in distribute(self.strategy, self.pipeline.eval()):
                 out, kept = self.eval_batch(batch)  # sums stay on the device till the end
                 sums = {k: sums[k] + out[k] for k in sums}
                 if score:
                     score.add(*(np.asarray(v) for v in kept))
-        rates = self._rates(sums)
+        rates = metrics_lib.rates(self.metrics, sums)
         return {**rates, **score.result()} if score else rates
 
     def data_layout(self) -> dict:
@@ -196,13 +186,8 @@ class Trainer:
         elif self.start:
             self.start.apply(self.model)
             say(self.start.summary())
-        # A few fixed images: before any save, the model must give finite scores
-        # on them (weights can be finite yet so large that outputs are not).
-        first = next(iter(self.pipeline.eval(batch_size=8)), None)
-        if first is None:
-            raise UserError("no evaluation images could be read (did every one fail to "
-                            "decode?)")
-        self.keeper.guard.probe = tf.cast(first[0], tf.float32)
+        # Before any save, the model must give finite scores on a few fixed images.
+        self.keeper.guard.probe_with(self.pipeline.eval(batch_size=8))
         start_epoch = int(self.position.epochs_done.numpy())
         if cfg.epochs == 0 and not resumed:
             self._keep_starting_model()
@@ -241,7 +226,7 @@ class Trainer:
         self._train_size = size
         in_epoch = int(self.position.batches_done.numpy()) - epoch * spe  # > 0 on resume
         ds = self.pipeline.train(epoch).repeat().take(spe).skip(max(in_epoch, 0))
-        iterator = iter(self.distribute(ds))
+        iterator = iter(distribute(self.strategy, ds))
         self.log.start_epoch()
         sums, started = metrics_lib.zeros(self.metrics), time.perf_counter()
         while in_epoch < spe:
@@ -259,12 +244,12 @@ class Trainer:
                     f"the training loss became {float(loss)} at step {step} (epoch "
                     f"{epoch + 1}); stopped. {self.keeper.last_good()} {RETRY_HINT}")
             if self.log.wants(in_epoch):
-                self.log.progress(epoch, in_epoch, step, self._rates(sums, "training"),
+                self.log.progress(epoch, in_epoch, step, metrics_lib.rates(self.metrics, sums, "training"),
                                   self._learning_rate())
             if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 \
                     and in_epoch < spe:
                 self.keeper.save(step, self.data_layout())
-        self._end_epoch(epoch, self._rates(sums, "training"), time.perf_counter() - started)
+        self._end_epoch(epoch, metrics_lib.rates(self.metrics, sums, "training"), time.perf_counter() - started)
 
     def _batches_in_next_call(self, epoch: int, in_epoch: int) -> int:
         """steps_per_execution, but never past the next log line, in-epoch
@@ -310,13 +295,6 @@ class Trainer:
         """Sum of |trainable weights|: replicas of one model agree on it exactly.
         (BatchNorm moving statistics are per-replica averages and may differ.)"""
         return float(sum(np.sum(np.abs(v.numpy())) for v in self.model.trainable_variables))
-
-    def _rates(self, sums: dict, what: str = "evaluation") -> dict:
-        rates = metrics_lib.rates(self.metrics, sums)
-        if rates["images"] == 0:
-            raise UserError(f"no {what} images could be read (did every one fail to "
-                            "decode?)")
-        return rates
 
     def close(self):
         self.keeper.close()
