@@ -110,14 +110,18 @@ def zeros(metrics: list[Metric]) -> dict:
     return sums
 
 
+def no_images(what: str) -> UserError:
+    """The error when not one of the `what` (training, evaluation) images was read."""
+    return UserError(f"no {what} images could be read (did every one fail to decode?)")
+
+
 def rates(metrics: list[Metric], sums: dict, what: str = "evaluation") -> dict:
     """Every metric's reported values, plus the image count, from sums read off
     the device. No image counted is an error: every one of the `what` images
     failed to decode."""
     count = float(sums[COUNT])
     if count == 0:
-        raise UserError(f"no {what} images could be read (did every one fail to "
-                        "decode?)")
+        raise no_images(what)
     out = {}
     for m in metrics:
         out.update(m.report(sums[m.name], count))

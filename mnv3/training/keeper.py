@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from mnv3.console import say, warn
 from mnv3.errors import UserError, first_line
+from mnv3.metrics import no_images
 from mnv3.run_dir import RunDir
 from mnv3.training import checkpoints
 
@@ -43,8 +44,7 @@ class FiniteGuard:
         finite yet so large that the outputs are not)."""
         first = next(iter(eval_data), None)
         if first is None:
-            raise UserError("no evaluation images could be read (did every one fail to "
-                            "decode?)")
+            raise no_images("evaluation")
         self.probe = tf.cast(first[0], tf.float32)
 
     def _float_variables(self):

@@ -234,8 +234,7 @@ class Trainer:
             try:
                 chunk, taken, loss = self.train_batches(iterator, count)
             except tf.errors.OutOfRangeError:  # repeat() of nothing: no image decoded
-                raise UserError("no training images could be read (did every one fail "
-                                "to decode?)") from None
+                raise metrics_lib.no_images("training") from None
             sums = {k: sums[k] + chunk[k] for k in sums}  # on the device: no wait
             in_epoch += int(taken)  # the one wait per call
             step = epoch * spe + in_epoch
