@@ -84,8 +84,9 @@ def run(cfg: Config, out_dir: str, budget_ms: float | None = None,
     with Lock(paths.lock, "mnv3-budget", "--out_dir"):
         _check_same_search(cfg, paths.config)
         candidates = grid(cfg)
-        say(f"budget {f'{budget_ms:g} ms' if budget_ms else f'{budget_ratio:g} x the config as given'}: "
-            f"{len(candidates)} candidates ({_grid_text(cfg)}, and the config as given)")
+        budget = f"{budget_ms:g} ms" if budget_ms else f"{budget_ratio:g} x the config as given"
+        say(f"budget {budget}: {len(candidates)} candidates ({_grid_text(cfg)}, and the "
+            "config as given)")
         rows = timing.measure(cfg, candidates, source, paths.timing)
         ordered = [{**dataclasses.asdict(c), **rows[c.name]} for c in candidates]
         for row in front.front(ordered):

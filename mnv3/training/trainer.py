@@ -243,12 +243,13 @@ class Trainer:
                     f"the training loss became {float(loss)} at step {step} (epoch "
                     f"{epoch + 1}); stopped. {self.keeper.last_good()} {RETRY_HINT}")
             if self.log.wants(in_epoch):
-                self.log.progress(epoch, in_epoch, step, metrics_lib.rates(self.metrics, sums, "training"),
-                                  self._learning_rate())
+                rates = metrics_lib.rates(self.metrics, sums, "training")
+                self.log.progress(epoch, in_epoch, step, rates, self._learning_rate())
             if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 \
                     and in_epoch < spe:
                 self.keeper.save(step, self.data_layout())
-        self._end_epoch(epoch, metrics_lib.rates(self.metrics, sums, "training"), time.perf_counter() - started)
+        rates = metrics_lib.rates(self.metrics, sums, "training")
+        self._end_epoch(epoch, rates, time.perf_counter() - started)
 
     def _batches_in_next_call(self, epoch: int, in_epoch: int) -> int:
         """steps_per_execution, but never past the next log line, in-epoch
