@@ -74,6 +74,7 @@ def time_config(cfg, steps, warmup) -> float:
     from mnv3.data.pipeline import Pipeline
     from mnv3.data.sources import Source, Split
     from mnv3.run_dir import RunDir
+    from mnv3.training.strategy import distribute
     from mnv3.training.trainer import Trainer
 
     image_size, batch_size = cfg.data.image_size, cfg.train.batch_size
@@ -87,7 +88,7 @@ def time_config(cfg, steps, warmup) -> float:
         # The last epoch's phase: the whole network trains (and, with
         # train.qat_epochs, the int8 rounding is on).
         trainer.enter_epoch(max(cfg.train.epochs - 1, 0))
-        iterator = iter(trainer.distribute(data))
+        iterator = iter(distribute(trainer.strategy, data))
         per_call = tf.constant(cfg.train.steps_per_execution)
         for _ in range(warmup):
             trainer.train_batches(iterator, per_call)[1].numpy()

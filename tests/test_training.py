@@ -369,3 +369,13 @@ def test_ema_averages_weights_and_batchnorm_statistics_and_is_what_is_saved(tmp_
             if k.startswith("model/") and "moving_mean" in k]
     assert live and any(not any(np.array_equal(a, v) for v in live)
                         for a in averages[-len(statistics)::2])
+
+
+@pytest.mark.slow
+def test_the_throughput_benchmark_times_a_configs_training_step():
+    """benchmarks/train_throughput.py drives the trainer's own step: a change to
+    the trainer that breaks it shows here, not when someone measures."""
+    from benchmarks.train_throughput import time_config
+
+    assert time_config(tiny_cfg("data.image_size=32", "train.batch_size=8"),
+                       steps=2, warmup=1) > 0
