@@ -61,10 +61,11 @@ def _our_models(cfg, calibration) -> dict:
     files = {"our_float": convert(export_graph(trained, build, modes.get("float32")).model,
                                   modes.get("float32"))}
     int8 = modes.get("int8", cfg.export.int8_input, cfg.export.int8_output)
-    graph = export_graph(trained, build, int8).model
     samples = [scale_input(x)[None] for x in calibration]
     # our_int8_all: export.int8_float_stem false, to show what the float stem costs.
-    for name, layers in (("our_int8", float_layers(graph)), ("our_int8_all", ())):
+    for name, float_stem in (("our_int8", True), ("our_int8_all", False)):
+        graph = export_graph(trained, build, int8, float_stem=float_stem).model
+        layers = float_layers(graph) if float_stem else ()
         files[name] = convert(graph, int8, samples,
                               percentile=cfg.export.calibration_percentile,
                               output_range=task.export.output_range(),

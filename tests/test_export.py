@@ -30,8 +30,8 @@ INT8 = modes.get("int8")  # uint8 in, float32 probabilities out
 SOFTMAX_OUTPUT = {"output_range": PROBABILITY_RANGE,
                   "float_ops": ClassificationExport.float_ops}
 # The int8 ops that stay in float (export.int8_float_stem): the stem's conv and
-# x * relu6(x + 3), and the first depthwise conv.
-FLOAT_STEM = ["CONV_2D", "ADD", "MUL", "DEPTHWISE_CONV_2D"]
+# hard-swish (one op, fast in float), and the first depthwise conv.
+FLOAT_STEM = ["CONV_2D", "HARD_SWISH", "DEPTHWISE_CONV_2D"]
 def tflite_ops(path) -> collections.Counter:
     from mediapipe.tasks.metadata import schema_py_generated as schema
 
@@ -46,13 +46,14 @@ def tflite_ops(path) -> collections.Counter:
     return ops
 
 
-@pytest.mark.parametrize("overrides", [
-    ["model.variant=large", "model.alpha=0.35"],
-    # the stem's hard-swish is the shortcut of a residual Add in these two
-    ["model.variant=large", "model.alpha=1.0"],
-    ["model.variant=small", "model.alpha=0.75", "model.remove_early_strides=2"],
+@pytest.mark.parametrize("overrides, float_stem", [
+    (["model.variant=large", "model.alpha=0.35"], False),
+    # the stem's hard-swish is the shortcut of a residual Add in these three
+    (["model.variant=large", "model.alpha=1.0"], False),
+    (["model.variant=large", "model.alpha=1.0"], True),  # that hard-swish left whole
+    (["model.variant=small", "model.alpha=0.75", "model.remove_early_strides=2"], False),
 ])
-def test_int8_graph_rewrite_computes_the_same_function(overrides):
+def test_int8_graph_rewrite_computes_the_same_function(overrides, float_stem):
     import keras
 
     keras.utils.set_random_seed(0)  # the same weights every run
@@ -64,7 +65,9 @@ def test_int8_graph_rewrite_computes_the_same_function(overrides):
             gamma, beta, mean, var = layer.get_weights()
             layer.set_weights([gamma, beta, rng.normal(0, 0.3, mean.shape),
                                rng.uniform(0.3, 2.0, var.shape)])
-    rewritten = export_graph(model, partial(tasks.get(cfg).build, cfg), INT8).model
+    rewritten = export_graph(model, partial(tasks.get(cfg).build, cfg), INT8,
+                             float_stem=float_stem).model
+    assert isinstance(rewritten.get_layer("stem_act"), keras.layers.Activation) == float_stem
     layer_types = {type(layer).__name__ for layer in rewritten.layers}
     assert "Rescaling" in layer_types and "rescale" not in [l.name for l in rewritten.layers]
     assert rewritten.input.shape == (1, 64, 64, 3)
@@ -329,8 +332,9 @@ def test_builtin_ops_only_and_fast_int8_graph(exported):
     for path in files:
         ops = tflite_ops(path)
         assert not [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "?")], ops
-    int8 = tflite_ops(glob.glob(os.path.join(model_dir, "export", "*_int8.tflite"))[0])
-    assert "HARD_SWISH" not in int8  # unfused: fast under XNNPACK in int8
+    path = glob.glob(os.path.join(model_dir, "export", "*_int8.tflite"))[0]
+    int8 = tflite_ops(path) - collections.Counter(float_ops(path))
+    assert "HARD_SWISH" not in int8 and int8["MUL"]  # unfused: fast under XNNPACK in int8
     float32 = tflite_ops(glob.glob(os.path.join(model_dir, "export", "*_float32.tflite"))[0])
     assert "HARD_SWISH" in float32
 

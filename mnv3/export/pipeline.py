@@ -235,7 +235,8 @@ def convert_model(trained, cfg: Config, task: Task, mode: Mode, calibration: lis
     """`trained` as a TFLite file of `mode`, without metadata: the graph rewrites,
     the calibration (`calibration`: HxWx3 pixels 0..255) and the conversion
     that every exported file goes through."""
-    graph = export_graph(trained, partial(task.build, cfg), mode)
+    graph = export_graph(trained, partial(task.build, cfg), mode,
+                         float_stem=cfg.export.int8_float_stem)
     samples = [(scale_input(x) if mode.quantized_input else x)[None]
                for x in calibration] if mode.integer else []
     return convert(graph.model, mode, samples,

@@ -8,7 +8,9 @@ rebuilt for batch 1 and a static size, with two int8-only rewrites that keep wha
    int8; unfused, ADD/RELU6/MUL run fast. The SE gate relu6(x + 3) / 6 is
    computed as relu6(x + 3), which the converter fuses into the conv before
    it, and its 1/6 goes into the next kernel the same way: one MUL less per
-   SE block.
+   SE block. Where the export keeps the stem in float (export.int8_float_stem),
+   the stem's hard-swish stays one op: float's HARD_SWISH runs fast, and
+   unfused on the largest map it took several times as long (BENCHMARKS.md).
 2. The x / 127.5 - 1 input scaling is left out: the uint8 input's quantization
    (scale 1/127.5, zero point 128) carries it for free, as in classic quantized
    MobileNets. The caller calibrates with already scaled inputs.
@@ -24,7 +26,7 @@ import keras
 from keras import layers
 
 from mnv3.tflite.modes import Mode
-from mnv3.model.builder import INT8_FLOAT_LAYERS
+from mnv3.model.builder import INT8_FLOAT_LAYERS, keras_hard_swish
 from mnv3.model.quantize_aware import trained_ranges
 from mnv3.tf_internals import producer
 
@@ -37,11 +39,14 @@ class TimesSix:
     layers it made: the rewrite below finds them by identity, so renaming a
     layer cannot silently break it."""
 
-    def __init__(self):
+    def __init__(self, float_layers: tuple[str, ...] = ()):
         self.sixes = set()  # ids of the layers whose outputs are at 6x
         self.gates = set()  # ids of hard-swish's inner relu6 layers: [0, 6], at 1x
+        self.float_layers = float_layers  # names whose activation stays as it is
 
     def hard_swish(self, x, name: str):
+        if name in self.float_layers:
+            return keras_hard_swish(x, name)
         gate_layer = layers.ReLU(6.0, name=f"{name}_relu6")
         product = layers.Multiply(name=name)
         self.gates.add(id(gate_layer))
@@ -106,12 +111,14 @@ class ExportGraph:
 
 
 def export_graph(trained: keras.Model, build: Callable[..., keras.Model],
-                 mode: Mode) -> ExportGraph:
+                 mode: Mode, float_stem: bool = False) -> ExportGraph:
     """A batch-1 copy of `trained` (same weights) for `mode`: an integer mode gets
     the int8 rewrites, and an integer input leaves the input scaling out.
     `build(**options)` builds the task's network (options: name, batch_size,
-    include_rescaling, hard_swish, hard_sigmoid), as it built `trained`."""
-    six = TimesSix() if mode.integer else None
+    include_rescaling, hard_swish, hard_sigmoid), as it built `trained`.
+    `float_stem`: the int8 file keeps INT8_FLOAT_LAYERS in float (see float_layers),
+    so their activations are not rewritten."""
+    six = TimesSix(INT8_FLOAT_LAYERS if float_stem else ()) if mode.integer else None
     options = {"hard_swish": six.hard_swish, "hard_sigmoid": six.hard_sigmoid} if six else {}
     model = build(name=trained.name, batch_size=1,
                   include_rescaling=not mode.quantized_input, **options)
