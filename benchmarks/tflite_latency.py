@@ -53,7 +53,7 @@ def _our_models(cfg, calibration) -> dict:
     from mnv3 import tasks
     from mnv3.tflite import modes
     from mnv3.tflite.convert import convert
-    from mnv3.tflite.graph import export_graph, float_layers, scale_input
+    from mnv3.tflite.graph import export_graph, scale_input
 
     task = tasks.get(cfg)
     trained = task.build(cfg)
@@ -64,13 +64,12 @@ def _our_models(cfg, calibration) -> dict:
     samples = [scale_input(x)[None] for x in calibration]
     # our_int8_all: export.int8_float_stem false, to show what the float stem costs.
     for name, float_stem in (("our_int8", True), ("our_int8_all", False)):
-        graph = export_graph(trained, build, int8, float_stem=float_stem).model
-        layers = float_layers(graph) if float_stem else ()
-        files[name] = convert(graph, int8, samples,
+        graph = export_graph(trained, build, int8, float_stem=float_stem)
+        files[name] = convert(graph.model, int8, samples,
                               percentile=cfg.export.calibration_percentile,
                               output_range=task.export.output_range(),
                               float_ops=task.export.float_ops,
-                              float_layers=layers)
+                              float_layers=graph.float_layers)
     return files
 
 

@@ -69,7 +69,7 @@ def test_the_int8_file_takes_every_trained_range_and_computes_what_the_qat_model
     rng = np.random.default_rng(1)
     for _ in range(4):  # training-mode batches set the tracked ranges
         copy(rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32"), training=True)
-    graph = export_graph(copy, partial(task.build, cfg), INT8)
+    graph = export_graph(copy, partial(task.build, cfg), INT8, float_stem=True)
     # The export graph's 6x layers get 6x ranges: hard-swish's output...
     low, high = qat.trained_ranges(copy)["head_act"]
     assert graph.ranges["head_act"] == pytest.approx((6 * low, 6 * high))
@@ -78,7 +78,7 @@ def test_the_int8_file_takes_every_trained_range_and_computes_what_the_qat_model
     provenance = {}
     tflite = convert(graph.model, INT8, samples, output_range=(0.0, 1.0),
                      float_ops=task.export.float_ops,
-                     float_layers=float_layers(graph.model), trained_ranges=graph.ranges,
+                     float_layers=graph.float_layers, trained_ranges=graph.ranges,
                      provenance=provenance)
     assert provenance["calibrated"] == 0 and provenance["trained"] > 100
     pixels = rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32")
@@ -98,11 +98,11 @@ def test_a_segmenter_takes_every_trained_range_too():
     qat.set_quantizing(copy, True)
     rng = np.random.default_rng(0)
     copy(rng.uniform(0, 255, (4, 64, 64, 3)).astype("float32"), training=True)
-    graph = export_graph(copy, partial(task.build, cfg), INT8)
+    graph = export_graph(copy, partial(task.build, cfg), INT8, float_stem=True)
     samples = [scale_input(rng.uniform(0, 255, (64, 64, 3)).astype("float32"))[None]]
     provenance = {}
     convert(graph.model, INT8, samples, output_range=task.export.output_range(),
-            float_ops=task.export.float_ops, float_layers=float_layers(graph.model),
+            float_ops=task.export.float_ops, float_layers=graph.float_layers,
             trained_ranges=graph.ranges, provenance=provenance)
     assert provenance["calibrated"] == 0 and provenance["trained"] > 100
 

@@ -33,7 +33,7 @@ from mnv3.tflite import modes
 from mnv3.tflite.check import check_out_of_process
 from mnv3.tflite.convert import convert
 from mnv3.tflite.evaluate import TFLiteModel
-from mnv3.tflite.graph import export_graph, float_layers, scale_input
+from mnv3.tflite.graph import export_graph, scale_input
 from mnv3.tflite.modes import Mode
 
 STAGING = ".export-new-"
@@ -242,8 +242,7 @@ def convert_model(trained, cfg: Config, task: Task, mode: Mode, calibration: lis
     return convert(graph.model, mode, samples,
                    percentile=cfg.export.calibration_percentile,
                    output_range=task.export.output_range(), float_ops=task.export.float_ops,
-                   float_layers=float_layers(graph.model) if cfg.export.int8_float_stem
-                   else (),
+                   float_layers=graph.float_layers,
                    trained_ranges=graph.ranges if cfg.export.int8_ranges == "trained"
                    else None, provenance=provenance,
                    serve=task.export.serving(graph.model))

@@ -108,6 +108,9 @@ class ExportGraph:
     # int8 modes of a quantization-aware model: {layer of `model`: the
     # (low, high) range it trained with, in `model`'s units}; else empty.
     ranges: dict
+    # The layers of `model` the int8 file keeps in float (the converter's
+    # float_layers), the ones whose activations were left as they are; else empty.
+    float_layers: list
 
 
 def export_graph(trained: keras.Model, build: Callable[..., keras.Model],
@@ -117,7 +120,8 @@ def export_graph(trained: keras.Model, build: Callable[..., keras.Model],
     `build(**options)` builds the task's network (options: name, batch_size,
     include_rescaling, hard_swish, hard_sigmoid), as it built `trained`.
     `float_stem`: the int8 file keeps INT8_FLOAT_LAYERS in float (see float_layers),
-    so their activations are not rewritten."""
+    so their activations are not rewritten; the graph names them for the converter."""
+    float_stem = float_stem and mode.integer
     six = TimesSix(INT8_FLOAT_LAYERS if float_stem else ()) if mode.integer else None
     options = {"hard_swish": six.hard_swish, "hard_sigmoid": six.hard_sigmoid} if six else {}
     model = build(name=trained.name, batch_size=1,
@@ -135,7 +139,7 @@ def export_graph(trained: keras.Model, build: Callable[..., keras.Model],
         layer.set_weights(weights)
     ranges = {name: (low * scale[name], high * scale[name])
               for name, (low, high) in trained_ranges(trained).items() if name in scale}
-    return ExportGraph(model, ranges)
+    return ExportGraph(model, ranges, float_layers(model) if float_stem else [])
 
 
 def float_layers(model: keras.Model) -> list[str]:
