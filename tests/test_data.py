@@ -219,6 +219,27 @@ def test_randaugment_and_mixing_change_the_batch_and_soften_labels():
     assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255.0
 
 
+@pytest.mark.parametrize("task", [[], ["task.name=detection", "data.num_classes=6"]])
+def test_photometric_distortion_changes_colours_only_and_is_reproducible(task):
+    """data.photometric recolours the same views: the crop, flip and labels
+    (a detector's boxes) are those of the undistorted views, each pixel's new
+    colour is a function of its old one, and a seed gives the same view again."""
+    base = ["data.image_size=32", "data.synthetic_images=200", "train.batch_size=16", *task]
+    plain_images, plain_labels = next(iter(make_pipeline(config_lib.load(None, base)).train(2)))
+    cfg = config_lib.load(None, base + ["data.photometric=true"])
+    images, labels = next(iter(make_pipeline(cfg).train(2)))
+    np.testing.assert_array_equal(labels.numpy(), plain_labels.numpy())
+    np.testing.assert_array_equal(images.numpy(),
+                                  next(iter(make_pipeline(cfg).train(2)))[0].numpy())
+    changed = 0
+    for before, after in zip(plain_images.numpy(), images.numpy()):
+        colours = {}
+        for old, new in zip(before.reshape(-1, 3), after.reshape(-1, 3)):
+            assert colours.setdefault(tuple(old), tuple(new)) == tuple(new)
+        changed += not np.array_equal(before, after)
+    assert 0 < changed  # each distortion applies to half the views
+
+
 def test_synthetic_is_balanced_and_deterministic():
     a, la = generate(100, 32, seed=5)
     b, lb = generate(100, 32, seed=5)

@@ -179,6 +179,9 @@ class DataConfig:
         "pay off over long schedules and cost a short run most of what it learns "
         "(BENCHMARKS.md, detection).", min=0.0, max=1.0, min_exclusive=True,
         only_for="detection")
+    photometric: bool = _field(
+        False, "SSD's photometric distortions on training views: random brightness, "
+        "contrast, saturation and hue, each on half the views.")
     eval_crop_fraction: float = _field(
         0.875, "Evaluation: central crop of this share of the shorter side, then resize.",
         min=0.0, max=1.0, min_exclusive=True)

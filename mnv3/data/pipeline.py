@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from mnv3.config import Config, DataConfig
+from mnv3.data import preprocess
 from mnv3.data.folder import first_undecodable
 from mnv3.data.labels import (LABEL_RANGE_MESSAGE, MASK_RANGE_MESSAGE,
                               first_mask_out_of_range)
@@ -117,6 +118,9 @@ class Pipeline:
 
         def augment(example, image_seed):
             image, label = self.task.train_view(*example, image_seed, size)
+            if d.photometric:  # a seed of its own: the crop and flip stay as without
+                image = preprocess.photometric(
+                    image, tf.random.experimental.stateless_fold_in(image_seed, 1))
             if randaugment is not None:
                 image = tf.cast(tf.clip_by_value(
                     randaugment(tf.cast(image, tf.float32)), 0, 255), tf.uint8)

@@ -83,6 +83,34 @@ def center_crop(image, size: int, crop_fraction: float) -> tf.Tensor:
     return _resize(_decode_window(image, y, x, side, side), size)
 
 
+# SSD's photometric distortions (Liu et al. 2016, after Howard 2013), each
+# applied to half the views: brightness +-32 of 255, contrast and saturation
+# x0.5-1.5, hue +-18 degrees.
+BRIGHTNESS_DELTA = 32 / 255
+CONTRAST = (0.5, 1.5)
+SATURATION = (0.5, 1.5)
+HUE_DELTA = 18 / 360
+
+
+def photometric(image: tf.Tensor, seed) -> tf.Tensor:
+    """uint8 RGB `image` with SSD's colour distortions, drawn from `seed`
+    (stateless: the same view for the same seed, whichever thread maps it).
+    Pixels only: boxes and masks stay where they are."""
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 8))
+    x = tf.cast(image, tf.float32) / 255.0
+    distortions = [
+        lambda x, s: tf.image.stateless_random_brightness(x, BRIGHTNESS_DELTA, s),
+        lambda x, s: tf.image.stateless_random_contrast(x, *CONTRAST, s),
+        lambda x, s: tf.image.stateless_random_saturation(x, *SATURATION, s),
+        lambda x, s: tf.image.stateless_random_hue(x, HUE_DELTA, s),
+    ]
+    for i, distort in enumerate(distortions):
+        applies = tf.random.stateless_uniform([], seeds[2 * i]) < 0.5
+        # Clipped after each: the next one sees pixels a camera could give.
+        x = tf.where(applies, tf.clip_by_value(distort(x, seeds[2 * i + 1]), 0.0, 1.0), x)
+    return to_uint8(x * 255.0)
+
+
 def train_view(image, seed, cfg, size: int) -> tf.Tensor:
     """One `size` px training view of an image under the data config's crop and flip."""
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
