@@ -182,7 +182,7 @@ class DataConfig:
     photometric: bool = _field(
         False, "SSD's photometric distortions on training views: random brightness, "
         "contrast, saturation and hue, each on half the views. Where colour tells "
-        "the classes apart it can cost accuracy (the fruits: BENCHMARKS.md, detection).")
+        "the classes apart it can cost accuracy (the fruits and the flowers: BENCHMARKS.md).")
     eval_crop_fraction: float = _field(
         0.875, "Evaluation: central crop of this share of the shorter side, then resize.",
         min=0.0, max=1.0, min_exclusive=True)

@@ -86,8 +86,7 @@ class Trainer:
         self._trace_steps()
 
     def _trace_steps(self) -> None:
-        """(Re)traces the steps for the variables that train now, and the int8
-        rounding on or off."""
+        """(Re)traces the steps for the variables that train now and the int8 rounding."""
         cfg = self.cfg
         self.kernels = (optim.decayed_weights(self.model, cfg.train.decay_depthwise)
                         if optim.uses_l2_loss(cfg.train) else [])
@@ -97,7 +96,7 @@ class Trainer:
             lambda batch: self._on_all_replicas(self._replica_train_step, batch),
             jit_compile=cfg.runtime.jit_compile or None)
         self.train_batches = tf.function(self._train_batches)
-        self.eval_batch = tf.function(self._eval_batch, reduce_retracing=True)
+        self.eval_batch = None  # traced by evaluate(), for its data's spec
 
     # --- steps -----------------------------------------------------------------
 
@@ -159,7 +158,11 @@ class Trainer:
         score = self.task.whole_set_score(self.pipeline.class_names)
         with self.ema.averaged() if self.ema else contextlib.nullcontext():
             sums = metrics_lib.zeros(self.metrics)
-            for batch in distribute(self.strategy, self.pipeline.eval()):
+            data = distribute(self.strategy, self.pipeline.eval())
+            # The spec leaves the batch size open: the last batch needs no trace of its own.
+            self.eval_batch = self.eval_batch or tf.function(
+                self._eval_batch, input_signature=[data.element_spec])
+            for batch in data:
                 out, kept = self.eval_batch(batch)  # sums stay on the device till the end
                 sums = {k: sums[k] + out[k] for k in sums}
                 if score:
@@ -181,8 +184,7 @@ class Trainer:
             if self.chief:
                 self.run_dir.drop_metrics_after(int(self.position.epochs_done.numpy()))
             if self.cfg.model.init_from:
-                say("model.init_from is not applied again: the run resumes from its "
-                    "own checkpoint")
+                say("model.init_from is not applied again: the run resumes from its checkpoint")
         elif self.start:
             self.start.apply(self.model)
             say(self.start.summary())
@@ -252,8 +254,7 @@ class Trainer:
         self._end_epoch(epoch, rates, time.perf_counter() - started)
 
     def _batches_in_next_call(self, epoch: int, in_epoch: int) -> int:
-        """steps_per_execution, but never past the next log line, in-epoch
-        checkpoint or the epoch's end."""
+        """steps_per_execution, never past the next log line, checkpoint or epoch end."""
         cfg, spe = self.cfg.train, self.steps_per_epoch
         step = epoch * spe + in_epoch
         until = [cfg.steps_per_execution, spe - in_epoch,
@@ -292,8 +293,7 @@ class Trainer:
         return float(getattr(self.optimizer, "inner_optimizer", self.optimizer).learning_rate)
 
     def weights_checksum(self) -> float:
-        """Sum of |trainable weights|: replicas of one model agree on it exactly.
-        (BatchNorm moving statistics are per-replica averages and may differ.)"""
+        """Sum of |trainable weights|: replicas agree on it exactly (not on BatchNorm's)."""
         return float(sum(np.sum(np.abs(v.numpy())) for v in self.model.trainable_variables))
 
     def close(self):
