@@ -32,7 +32,9 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 def add_config_flags(p: argparse.ArgumentParser, config_help: str,
                      set_example: str = "train.epochs=5", required: bool = False) -> None:
-    p.add_argument("--config", required=required, help=config_help)
+    p.add_argument("--config", action="append", required=required,
+                   help=f"{config_help}; repeatable: a later file overrides an earlier "
+                   "one key by key (a base config, then a phase's changes)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override a config key, e.g. --set {set_example} (repeatable)")
 
@@ -130,7 +132,7 @@ def export(argv: Sequence[str] | None = None) -> int:
         overrides = list(args.set)
         if args.quant:
             overrides.append(f"export.quant=[{args.quant}]")
-        cfg = config_lib.load(args.config or os.path.join(args.model_dir, "config.yaml"),
+        cfg = config_lib.load(args.config or [os.path.join(args.model_dir, "config.yaml")],
                               overrides)
         _quiet_tensorflow()
         from mnv3.export.pipeline import run

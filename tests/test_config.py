@@ -118,9 +118,61 @@ def test_renamed_key_still_loads_from_older_run_configs(write_yaml):
         config_lib.load(both)
 
 
+def test_a_later_config_file_overrides_an_earlier_one_key_by_key(write_yaml):
+    base = write_yaml("model:\n  alpha: 0.5\ntrain:\n  epochs: 20\n  learning_rate: 0.1\n",
+                      "base.yaml")
+    phase = write_yaml("train:\n  epochs: 5\n  qat_epochs: 5\n", "phase.yaml")
+    cfg = config_lib.load([base, phase])
+    assert (cfg.model.alpha, cfg.train.epochs, cfg.train.learning_rate,
+            cfg.train.qat_epochs) == (0.5, 5, 0.1, 5)
+    assert config_lib.load([base, phase], ["train.epochs=6"]).train.epochs == 6  # --set last
+    # A key under its old name and its new one: the later file wins either way.
+    old_name = write_yaml("export:\n  calibration_images: 9\n", "old.yaml")
+    new_name = write_yaml("export:\n  calibration_steps: 16\n", "new.yaml")
+    assert config_lib.load([old_name, new_name]).export.calibration_steps == 16
+    assert config_lib.load([new_name, old_name]).export.calibration_steps == 9
+    # An error names the file it is in; a rule across keys sees them merged.
+    bad = write_yaml("train:\n  epochz: 5\n", "bad.yaml")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: train\.epochz"):
+        config_lib.load([base, bad])
+    too_many = write_yaml("train:\n  qat_epochs: 8\n", "qat.yaml")
+    config_lib.load(too_many)  # 8 of the default 10 epochs
+    with pytest.raises(ConfigError, match="qat_epochs"):
+        config_lib.load([phase, too_many])
+
+
+def test_a_bad_second_config_is_one_line_and_writes_nothing(write_yaml, tmp_path):
+    from mnv3 import cli
+    from tests.conftest import assert_one_line_error, call_cli
+
+    bad = write_yaml("train:\n  epochz: 5\n", "bad.yaml")
+    model_dir = tmp_path / "run"
+    result = call_cli(cli.train, "--config", os.path.join(ROOT, "configs", "quickstart.yaml"),
+                      "--config", bad, "--model_dir", str(model_dir))
+    assert_one_line_error(result, "bad.yaml", "train.epochz")
+    assert not model_dir.exists()
+
+
+def test_each_phase_config_loads_on_top_of_its_base():
+    """configs/X_qat.yaml is a quantization-aware phase after configs/X.yaml:
+    every epoch of it rounds as int8 does, and the whole network trains."""
+    config_dir = os.path.join(ROOT, "configs")
+    phases = sorted(f for f in os.listdir(config_dir) if f.endswith("_qat.yaml"))
+    assert phases
+    for name in phases:
+        base = os.path.join(config_dir, name.replace("_qat.yaml", ".yaml"))
+        cfg = config_lib.load([base, os.path.join(config_dir, name)])
+        alone = config_lib.load(base)
+        assert cfg.train.qat_epochs == cfg.train.epochs < alone.train.epochs, name
+        assert cfg.train.freeze_backbone_epochs == 0, name
+        assert (cfg.data, cfg.model) == (alone.data, alone.model), name
+
+
 def test_shipped_configs_load():
     config_dir = os.path.join(ROOT, "configs")
-    names = sorted(f for f in os.listdir(config_dir) if f.endswith(".yaml"))
+    # A phase (X_qat.yaml) loads on top of its base: the test below.
+    names = sorted(f for f in os.listdir(config_dir)
+                   if f.endswith(".yaml") and not f.endswith("_qat.yaml"))
     assert names
     for name in names:
         config_lib.load(os.path.join(config_dir, name))

@@ -14,12 +14,8 @@ from mnv3.config.values import apply, current_key, section_names, unknown_key
 from mnv3.files import write_atomically
 
 
-def from_dict(raw: dict | None, source: str = "config") -> Config:
-    """Builds a Config from nested plain data, checking every key."""
-    cfg = Config()
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+def _apply_sections(cfg: Config, raw: dict, source: str) -> None:
+    """Sets every key of `raw` on `cfg`, checking each; errors name `source`."""
     for name, values in raw.items():
         if name not in section_names():
             raise ConfigError(f"{source}: {unknown_key(str(name), section_names(), '')}")
@@ -27,6 +23,15 @@ def from_dict(raw: dict | None, source: str = "config") -> Config:
             apply(getattr(cfg, name), values or {}, name)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
+
+
+def from_dict(raw: dict | None, source: str = "config") -> Config:
+    """Builds a Config from nested plain data, checking every key."""
+    cfg = Config()
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    _apply_sections(cfg, raw, source)
     try:
         check_consistency(cfg)
     except ConfigError as e:
@@ -49,29 +54,51 @@ def parse_override(text: str) -> tuple[list[str], object]:
     return path, value
 
 
-def load(path: str | None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Reads a YAML config (or the defaults when `path` is None) and applies overrides."""
+def _read(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a YAML file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{at}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file") from None
+    except OSError as e:  # a path through a file, no permission, an I/O error
+        raise ConfigError(f"{path}: cannot read the config ({e.strerror or e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return raw
+
+
+def _set(raw: dict, section: str, key: str, value) -> None:
+    """raw[section][key] = value, replacing the key under any of its names."""
+    if not isinstance(raw.get(section), dict):
+        raw[section] = {}
+    key = current_key(section, key)
+    for old_name in [k for k in raw[section] if current_key(section, k) == key]:
+        del raw[section][old_name]
+    raw[section][key] = value
+
+
+def load(paths: str | typing.Sequence[str] | None,
+         overrides: typing.Sequence[str] = ()) -> Config:
+    """Reads YAML configs (the defaults when there are none) and applies
+    overrides. Later files override earlier ones key by key (a base config,
+    then a phase's changes to it); each file's keys are checked on their own, so
+    an error names the file it is in."""
+    paths = [paths] if isinstance(paths, str) else list(paths or [])
     raw: dict = {}
-    source = "defaults"
-    if path:
-        source = path
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{path}: is a directory, expected a YAML file") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}: not valid YAML{at}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not a text file") from None
-        except OSError as e:  # a path through a file, no permission, an I/O error
-            raise ConfigError(f"{path}: cannot read the config ({e.strerror or e})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for path in paths:
+        layer = _read(path)
+        _apply_sections(Config(), layer, path)  # its own errors (a key given twice too)
+        for section, values in layer.items():
+            for key, value in (values or {}).items():
+                _set(raw, section, key, value)
     for text in overrides:
         (section, key), value = parse_override(text)
         # Check the override alone first, so the message points at --set.
@@ -82,13 +109,8 @@ def load(path: str | None, overrides: typing.Sequence[str] = ()) -> Config:
             apply(getattr(probe, section), {key: value}, section)
         except ConfigError as e:
             raise ConfigError(f"--set {e}") from None
-        if not isinstance(raw.get(section), dict):
-            raw[section] = {}
-        key = current_key(section, key)
-        for old_name in [k for k in raw[section] if current_key(section, k) == key]:
-            del raw[section][old_name]  # the override replaces the file's value
-        raw[section][key] = value
-    return from_dict(raw, source)
+        _set(raw, section, key, value)  # the override replaces the files' value
+    return from_dict(raw, " + ".join(paths) or "defaults")
 
 
 def to_dict(cfg: Config) -> dict:
