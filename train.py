@@ -1,4 +1,4 @@
-"""Train a MobileNetV3 classifier (the same command as `mnv3-train`).
+"""Train a MobileNetV3 classifier, segmenter or detector (the same command as `mnv3-train`).
 
     python train.py --config configs/quickstart.yaml --model_dir runs/quickstart
 """

@@ -94,7 +94,7 @@ def _quiet_tensorflow() -> None:
 
 
 def train(argv: Sequence[str] | None = None) -> int:
-    """Train a MobileNetV3 classifier.
+    """Train a MobileNetV3 classifier, segmenter or detector (config task.name).
 
     mnv3-train --config configs/quickstart.yaml --model_dir runs/quickstart
     """
