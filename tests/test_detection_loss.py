@@ -68,13 +68,17 @@ def test_a_detector_learns_one_box():
                   loss=DetectionLoss(reduction="sum_over_batch_size"), jit_compile=False)
     history = model.fit(images, np.repeat(labels, 16, 0), batch_size=16, epochs=30,
                         verbose=0)
-    image = images[:1]
     assert history.history["loss"][-1] < 0.2 * history.history["loss"][0]
-    out = model(image, training=False)[0]
+    # The outputs the loss was minimised on (training mode: after 30 steps the
+    # moving BatchNorm statistics have not settled, and inference-mode boxes
+    # still sit near their anchors, at IoU 0.5-0.7 from run to run).
+    out = model(images, training=True)[0]
     matched = labels[0, :, 4].numpy() > 0
     # The anchor surest of class 2 is one the box was matched to...
     assert matched[int(tf.argmax(tf.nn.softmax(out[:, 4:])[:, 3]))]
-    # ...and the matched anchors' boxes overlap it (a 30-step fit: 0.65-0.75
-    # median IoU over seeds, not exact).
+    # ...and every matched anchor's decoded box fits the box far better than the
+    # anchor itself does (0.57-0.67): the encoding, the loss and the decoding agree.
     found = decode(out[:, :4], ANCHORS).numpy()[matched]
-    assert np.median(iou(tf.constant(found), BOX).numpy()) > 0.5
+    anchors = decode(tf.zeros_like(out[:, :4]), ANCHORS).numpy()[matched]
+    assert iou(tf.constant(anchors), BOX).numpy().max() < 0.7
+    assert iou(tf.constant(found), BOX).numpy().min() > 0.8

@@ -314,11 +314,16 @@ def test_all_modes_are_written_with_a_report(exported):
         f"mobilenet_v3_small_64_{m}.tflite" for m in ["float32", "fp16", "dynamic", "int8"]])
     rows = {r["mode"]: r for r in report["rows"]}
     assert rows["keras"]["top1"] > 0.4  # learned something to preserve (chance: 0.1)
-    # Agreement with Keras falls with precision; a weakly trained model has many
-    # near-ties, so int8's floor here is looser than on a converged model.
-    for mode, floor in [("float32", 1.0), ("fp16", 0.98), ("dynamic", 0.9), ("int8", 0.8)]:
+    # Agreement with Keras falls with precision. This weakly trained model has
+    # many near-ties, and its training is not bit-reproducible across processes
+    # (oneDNN's summation order): int8 agreed on 92% of the images in one
+    # process and on 70% in one CI worker, so int8's floor is loose, and what
+    # int8 must keep is the model's accuracy. (How closely int8 follows Keras is
+    # tested on the QAT model and by the rewrite-equivalence tests.)
+    for mode, floor in [("float32", 1.0), ("fp16", 0.98), ("dynamic", 0.9), ("int8", 0.6)]:
         assert rows[mode]["latency_ms"] > 0 and rows[mode]["size_mb"] > 0
         assert rows[mode]["agreement"] >= floor, (mode, rows[mode])
+    assert rows["int8"]["top1"] > rows["keras"]["top1"] - 0.1, rows["int8"]
     assert rows["float32"]["agreement"] == 1.0
     assert rows["int8"]["size_mb"] < 0.5 * rows["float32"]["size_mb"]
     assert "| int8 |" in open(os.path.join(export_dir, "report.md")).read()
