@@ -10,7 +10,7 @@ import yaml
 
 from mnv3.config.rules import check_consistency
 from mnv3.config.schema import Config, ConfigError
-from mnv3.config.values import apply, current_key, section_names, unknown_key
+from mnv3.config.values import apply, section_names, unknown_key
 from mnv3.files import write_atomically
 
 
@@ -32,6 +32,11 @@ def from_dict(raw: dict | None, source: str = "config") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
     _apply_sections(cfg, raw, source)
+    return _consistent(cfg, source)
+
+
+def _consistent(cfg: Config, source: str) -> Config:
+    """`cfg` once the rules across keys hold; an error names `source`."""
     try:
         check_consistency(cfg)
     except ConfigError as e:
@@ -75,42 +80,26 @@ def _read(path: str) -> dict:
     return raw
 
 
-def _set(raw: dict, section: str, key: str, value) -> None:
-    """raw[section][key] = value, replacing the key under any of its names."""
-    if not isinstance(raw.get(section), dict):
-        raw[section] = {}
-    key = current_key(section, key)
-    for old_name in [k for k in raw[section] if current_key(section, k) == key]:
-        del raw[section][old_name]
-    raw[section][key] = value
-
-
 def load(paths: str | typing.Sequence[str] | None,
          overrides: typing.Sequence[str] = ()) -> Config:
     """Reads YAML configs (the defaults when there are none) and applies
     overrides. Later files override earlier ones key by key (a base config,
-    then a phase's changes to it); each file's keys are checked on their own, so
-    an error names the file it is in."""
+    then a phase's changes to it); each file's keys are checked as they are
+    set, so an error names the file it is in, and the rules across keys are
+    checked once everything is set."""
     paths = [paths] if isinstance(paths, str) else list(paths or [])
-    raw: dict = {}
+    cfg = Config()
     for path in paths:
-        layer = _read(path)
-        _apply_sections(Config(), layer, path)  # its own errors (a key given twice too)
-        for section, values in layer.items():
-            for key, value in (values or {}).items():
-                _set(raw, section, key, value)
+        _apply_sections(cfg, _read(path), path)
     for text in overrides:
         (section, key), value = parse_override(text)
-        # Check the override alone first, so the message points at --set.
-        probe = Config()
         if section not in section_names():
             raise ConfigError(f"--set {unknown_key(section, section_names(), '')}")
-        try:
-            apply(getattr(probe, section), {key: value}, section)
+        try:  # the message points at --set
+            apply(getattr(cfg, section), {key: value}, section)
         except ConfigError as e:
             raise ConfigError(f"--set {e}") from None
-        _set(raw, section, key, value)  # the override replaces the files' value
-    return from_dict(raw, " + ".join(paths) or "defaults")
+    return _consistent(cfg, " + ".join(paths) or "defaults")
 
 
 def to_dict(cfg: Config) -> dict:
