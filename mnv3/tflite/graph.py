@@ -39,13 +39,13 @@ class TimesSix:
     layers it made: the rewrite below finds them by identity, so renaming a
     layer cannot silently break it."""
 
-    def __init__(self, float_layers: tuple[str, ...] = ()):
+    def __init__(self, float_stem: bool = False):
         self.sixes = set()  # ids of the layers whose outputs are at 6x
         self.gates = set()  # ids of hard-swish's inner relu6 layers: [0, 6], at 1x
-        self.float_layers = float_layers  # names whose activation stays as it is
+        self.float_stem = float_stem  # the layers kept in float keep their activation
 
     def hard_swish(self, x, name: str):
-        if name in self.float_layers:
+        if self.float_stem and kept_in_float(name):
             return keras_hard_swish(x, name)
         gate_layer = layers.ReLU(6.0, name=f"{name}_relu6")
         product = layers.Multiply(name=name)
@@ -122,7 +122,7 @@ def export_graph(trained: keras.Model, build: Callable[..., keras.Model],
     `float_stem`: the int8 file keeps INT8_FLOAT_LAYERS in float (see float_layers),
     so their activations are not rewritten; the graph names them for the converter."""
     float_stem = float_stem and mode.integer
-    six = TimesSix(INT8_FLOAT_LAYERS if float_stem else ()) if mode.integer else None
+    six = TimesSix(float_stem) if mode.integer else None
     options = {"hard_swish": six.hard_swish, "hard_sigmoid": six.hard_sigmoid} if six else {}
     model = build(name=trained.name, batch_size=1,
                   include_rescaling=not mode.quantized_input, **options)
@@ -146,9 +146,12 @@ def float_layers(model: keras.Model) -> list[str]:
     """The layers of `model` that an int8 export keeps in float
     (builder.INT8_FLOAT_LAYERS: a prefix names a layer and its parts, such as
     `stem_conv` and `stem_conv_bn`)."""
-    return [layer.name for layer in model.layers
-            if any(layer.name == prefix or layer.name.startswith(prefix + "_")
-                   for prefix in INT8_FLOAT_LAYERS)]
+    return [layer.name for layer in model.layers if kept_in_float(layer.name)]
+
+
+def kept_in_float(name: str) -> bool:
+    """Whether the layer `name` is one of builder.INT8_FLOAT_LAYERS or a part of one."""
+    return any(name == prefix or name.startswith(prefix + "_") for prefix in INT8_FLOAT_LAYERS)
 
 
 def scale_input(images):
