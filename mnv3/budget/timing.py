@@ -24,7 +24,7 @@ from mnv3.config import Config
 from mnv3.console import say
 from mnv3.data import Pipeline, user_errors_from_data
 from mnv3.errors import UserError, first_line
-from mnv3.export.pipeline import convert_model, time_in_turns
+from mnv3.export.pipeline import Graphs, convert_model, time_in_turns
 from mnv3.files import write_atomically
 from mnv3.model import pretrained
 from mnv3.model.cost import summarize
@@ -74,7 +74,8 @@ def convert_candidate(cfg: Config, candidate: Candidate, source, folder: str) ->
             calibration = [x.numpy().astype(np.float32) for x in
                            pipeline.calibration(cfg.budget.calibration_images)]
         mode = modes.get("int8", cfg.export.int8_input, cfg.export.int8_output)
-        tflite = convert_model(model, c_cfg, task, mode, calibration)
+        with Graphs(model, c_cfg, task) as graphs:
+            tflite = convert_model(graphs, mode, calibration)
         write_atomically(os.path.join(folder, candidate.name + ".tflite"), tflite)
         row["size_mb"] = round(len(tflite) / 2**20, 3)
     except Exception as e:  # one candidate that cannot be made is a row, not the end

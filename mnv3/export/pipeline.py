@@ -11,6 +11,7 @@ import glob
 import os
 import shutil
 import statistics
+import tempfile
 import time
 from functools import partial
 from typing import Callable, Iterator
@@ -31,9 +32,9 @@ from mnv3.run_dir import RunDir
 from mnv3.tasks import Task
 from mnv3.tflite import modes
 from mnv3.tflite.check import check_out_of_process
-from mnv3.tflite.convert import convert
+from mnv3.tflite.convert import convert, save_graph
 from mnv3.tflite.evaluate import TFLiteModel
-from mnv3.tflite.graph import export_graph, scale_input
+from mnv3.tflite.graph import ExportGraph, export_graph, scale_input
 from mnv3.tflite.modes import Mode
 
 STAGING = ".export-new-"
@@ -57,10 +58,11 @@ def run(cfg: Config, model_dir: str) -> dict:
         staging = make_staging_dir(model_dir, STAGING)
         try:
             data = collect(cfg, task)
-            target = Target(trained, cfg, task, labels, staging)
-            keras, reference = keras_row(target, data, run_dir.best_model)
-            exported = [export_mode(target, mode, data, reference)
-                        for mode in modes.from_config(cfg.export)]
+            with Graphs(trained, cfg, task) as graphs:
+                target = Target(graphs, labels, staging)
+                keras, reference = keras_row(target, data, run_dir.best_model)
+                exported = [export_mode(target, mode, data, reference)
+                            for mode in modes.from_config(cfg.export)]
             time_in_turns(exported, cfg.export.latency_runs)
             rows = [keras] + [row for row, _ in exported]
             write_atomically(os.path.join(staging, "labels.txt"), "\n".join(labels) + "\n")
@@ -150,12 +152,42 @@ def collect(cfg: Config, task: Task) -> EvalData:
 
 # --- 2. each mode ------------------------------------------------------------------
 
+class Graphs:
+    """Each mode's export graph (tflite/graph.py), built and written for the
+    converter once per kind: float32, fp16 and dynamic convert the same float
+    graph, and a SavedModel write costs about what a conversion does. A
+    context manager: the written graphs are removed on leaving it."""
+
+    def __init__(self, trained, cfg: Config, task: Task):
+        self.trained, self.cfg, self.task = trained, cfg, task
+        self._folder = tempfile.TemporaryDirectory(prefix="mnv3-graphs-")
+        self._made: dict[tuple, tuple[ExportGraph, str]] = {}
+
+    def __enter__(self) -> "Graphs":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._folder.cleanup()
+
+    def get(self, mode: Mode) -> tuple[ExportGraph, str]:
+        """(the graph for `mode`, the SavedModel it was written to)."""
+        key = (mode.integer, mode.quantized_input)  # all export_graph reads of a mode
+        if key not in self._made:
+            graph = export_graph(self.trained, partial(self.task.build, self.cfg), mode,
+                                 float_stem=self.cfg.export.int8_float_stem)
+            saved = os.path.join(self._folder.name, str(len(self._made)))
+            save_graph(graph.model, saved, self.task.export.serving(graph.model))
+            self._made[key] = (graph, saved)
+        return self._made[key]
+
+
 class Target:
     """The trained model and what every exported file of it shares."""
 
-    def __init__(self, trained, cfg: Config, task, labels: list[str], out_dir: str):
+    def __init__(self, graphs: Graphs, labels: list[str], out_dir: str):
+        self.graphs, self.labels, self.out_dir = graphs, labels, out_dir
+        trained, cfg, task = graphs.trained, graphs.cfg, graphs.task
         self.trained, self.cfg, self.task = trained, cfg, task
-        self.labels, self.out_dir = labels, out_dir
         height, width = task.input_size
         self.name = f"{trained.name}_{height}" + (f"x{width}" if width != height else "")
         # train.epochs 0: the starting weights as they are, not a model trained here.
@@ -196,8 +228,7 @@ def export_mode(target: Target, mode: Mode, data: EvalData,
     cfg, task_export = target.cfg, target.task.export
     started = time.perf_counter()
     provenance = {}
-    tflite = convert_model(target.trained, cfg, target.task, mode, data.calibration,
-                           provenance)
+    tflite = convert_model(target.graphs, mode, data.calibration, provenance)
     mean, std = mode.normalization
     tflite = task_export.metadata(tflite, name=target.name,
                                   description=target.description, labels=target.labels,
@@ -230,13 +261,13 @@ def export_mode(target: Target, mode: Mode, data: EvalData,
             **card.row()}, model
 
 
-def convert_model(trained, cfg: Config, task: Task, mode: Mode, calibration: list,
+def convert_model(graphs: Graphs, mode: Mode, calibration: list,
                   provenance: dict | None = None) -> bytes:
-    """`trained` as a TFLite file of `mode`, without metadata: the graph rewrites,
-    the calibration (`calibration`: HxWx3 pixels 0..255) and the conversion
-    that every exported file goes through."""
-    graph = export_graph(trained, partial(task.build, cfg), mode,
-                         float_stem=cfg.export.int8_float_stem)
+    """The trained model as a TFLite file of `mode`, without metadata: the graph
+    rewrites, the calibration (`calibration`: HxWx3 pixels 0..255) and the
+    conversion that every exported file goes through."""
+    cfg, task = graphs.cfg, graphs.task
+    graph, saved = graphs.get(mode)
     samples = [(scale_input(x) if mode.quantized_input else x)[None]
                for x in calibration] if mode.integer else []
     return convert(graph.model, mode, samples,
@@ -244,8 +275,7 @@ def convert_model(trained, cfg: Config, task: Task, mode: Mode, calibration: lis
                    output_range=task.export.output_range(), float_ops=task.export.float_ops,
                    float_layers=graph.float_layers,
                    trained_ranges=graph.ranges if cfg.export.int8_ranges == "trained"
-                   else None, provenance=provenance,
-                   serve=task.export.serving(graph.model))
+                   else None, provenance=provenance, saved=saved)
 
 
 def _stacked(outputs: list):

@@ -26,7 +26,8 @@ from mnv3.native_output import captured_stderr
 SIGNATURE = "serving_default"
 
 
-def _saved_model(model: keras.Model, directory: str, serve=None) -> None:
+def save_graph(model: keras.Model, directory: str, serve=None) -> None:
+    """`model` as the SavedModel the converter reads (`serve`: see convert)."""
     spec = tf.TensorSpec(model.input.shape, tf.float32, name="image")
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -44,7 +45,7 @@ def convert(model: keras.Model, mode: Mode, samples: Sequence[np.ndarray] = (),
             float_layers: Sequence[str] = (),
             trained_ranges: dict | None = None,
             provenance: dict | None = None,
-            serve=None) -> bytes:
+            serve=None, saved: str | None = None) -> bytes:
     """The .tflite bytes of `model` in `mode`. An integer mode calibrates on
     `samples` (model inputs, batch 1), with activation ranges at `percentile`,
     the input's range fixed at mode.input_range and the output's at
@@ -55,10 +56,14 @@ def convert(model: keras.Model, mode: Mode, samples: Sequence[np.ndarray] = (),
     calibrated ranges; `provenance` gets the counts of each. `serve`: image ->
     {output name: tensor} around `model`, for a file whose outputs are not the
     model's own (tflite/postprocess.py); its TFLite custom ops are allowed
-    (TFLite's own detection post-processing, which every runtime has)."""
+    (TFLite's own detection post-processing, which every runtime has).
+    `saved`: where save_graph already wrote `model` and `serve` (modes that
+    share a graph share the write); None writes it here."""
     with tempfile.TemporaryDirectory() as tmp:
-        _saved_model(model, tmp, serve)
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SIGNATURE])
+        if saved is None:
+            saved = tmp
+            save_graph(model, saved, serve)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[SIGNATURE])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         converter.allow_custom_ops = serve is not None
         if mode.optimize:
