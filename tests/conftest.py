@@ -4,8 +4,10 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -131,6 +133,27 @@ def train_cli(model_dir, *extra, env=None, **kwargs):
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})}, **kwargs)
+
+
+def kill_at_first_checkpoint(proc, checkpoints, limit=180) -> str:
+    """SIGKILLs `proc` (a train_cli process) once its first checkpoint in
+    `checkpoints` is named by the manager's state file (written after the
+    checkpoint: a kill between the two would leave none to name); returns that
+    checkpoint's prefix."""
+    import tensorflow as tf
+
+    deadline = time.time() + limit
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(checkpoints) and tf.train.latest_checkpoint(str(checkpoints)):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "training ended before it could be killed: " + \
+        proc.stdout.read()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = tf.train.latest_checkpoint(str(checkpoints))
+    assert killed_at is not None
+    return killed_at
 
 
 def train_here(model_dir, *extra):

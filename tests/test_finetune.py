@@ -5,8 +5,6 @@ the backbone's own learning rate."""
 import hashlib
 import os
 import shutil
-import signal
-import time
 
 import h5py
 import keras
@@ -21,8 +19,8 @@ from mnv3 import tasks
 from mnv3.model.builder import HEAD_LAYERS
 from mnv3.training import optim, run
 from mnv3 import cli
-from tests.conftest import (TINY, assert_one_line_error, call_cli, plan_start, tiny_cfg,
-                            train_cli, train_here)
+from tests.conftest import (TINY, assert_one_line_error, call_cli, kill_at_first_checkpoint,
+                            plan_start, tiny_cfg, train_cli, train_here)
 
 APPLICATIONS = {"large": keras.applications.MobileNetV3Large,
                 "small": keras.applications.MobileNetV3Small}
@@ -189,15 +187,8 @@ def test_head_only_epoch_survives_kill_9_and_leaves_the_backbone_bit_identical(
     extra = [f"model.init_from={source}", "train.epochs=1",
              "train.freeze_backbone_epochs=1", "train.checkpoint_every_steps=4"]
     proc = train_cli(model_dir, *extra)
-    checkpoints = model_dir / "checkpoints"
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if checkpoints.exists() and any(f.endswith(".index") for f in os.listdir(checkpoints)):
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.stdout.read()[-2000:]
-    proc.send_signal(signal.SIGKILL)
-    first = proc.communicate()[0]
+    kill_at_first_checkpoint(proc, model_dir / "checkpoints")
+    first = proc.stdout.read()
     assert "starting from" in first and "only the head" in first
     assert (model_dir / "init_from.json").exists()
 

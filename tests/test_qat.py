@@ -16,7 +16,8 @@ from mnv3.tflite import modes
 from mnv3.tflite.convert import convert
 from mnv3.tflite.evaluate import TFLiteModel
 from mnv3.tflite.graph import export_graph, float_layers, scale_input
-from tests.conftest import EXPORT, shared_directory, tiny_cfg
+from tests.conftest import (EXPORT, kill_at_first_checkpoint, shared_directory, tiny_cfg,
+                            train_cli, train_here)
 
 INT8 = modes.get("int8")
 
@@ -117,27 +118,47 @@ QAT = ["train.epochs=1", "train.qat_epochs=1", "train.learning_rate=0.002"]
 
 @pytest.fixture(scope="session")
 def qat_run(learned_run, tmp_path_factory):
-    """A short quantization-aware run from the shared run's best.keras, exported."""
+    """A short quantization-aware run from the shared run's best.keras, in a
+    real process killed (SIGKILL) after its first checkpoint, resumed here,
+    then exported: (run directory, what the kill and the resume showed)."""
     from mnv3.export.pipeline import run as export_run
-    from mnv3.training import run
+
+    extra = [f"model.init_from={learned_run / 'best.keras'}", *QAT,
+             "train.checkpoint_every_steps=5"]
 
     def build(path):
-        cfg = tiny_cfg(f"model.init_from={learned_run / 'best.keras'}", *QAT, *EXPORT,
-                       "export.quant=[float32, int8]")
-        run(cfg, str(path))
-        export_run(cfg, str(path))
+        killed_at = kill_at_first_checkpoint(train_cli(path, *extra), path / "checkpoints")
+        code, out = train_here(path, *extra)
+        assert code == 0, out[-3000:]
+        (path.parent / "qat_run.json").write_text(
+            json.dumps({"killed_at": killed_at, "resumed": out}))
+        export_run(config_lib.load(str(path / "config.yaml"),
+                                   [*EXPORT, "export.quant=[float32, int8]"]), str(path))
 
-    return shared_directory(tmp_path_factory, "qat_run", build)
+    path = shared_directory(tmp_path_factory, "qat_run", build)
+    return path, json.loads((path.parent / "qat_run.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_killed_qat_run_resumes_with_its_ranges(qat_run):
+    """Killed at its first checkpoint, the run resumes there (the tracked
+    ranges with the rest) and finishes its one epoch once."""
+    path, log = qat_run
+    assert f"resuming from {log['killed_at']}" in log["resumed"]
+    metrics = [json.loads(line) for line in open(path / "metrics.jsonl")]
+    assert [r["epoch"] for r in metrics] == [1] and metrics[-1]["step"] == 20
+    assert len(qat.trained_ranges(keras.saving.load_model(str(path / "best.keras")))) > 100
 
 
 @pytest.mark.slow
 def test_a_qat_run_saves_its_ranges_and_exports_int8_with_them(qat_run, tmp_path):
-    best = keras.saving.load_model(str(qat_run / "best.keras"))
+    run_dir, _ = qat_run
+    best = keras.saving.load_model(str(run_dir / "best.keras"))
     assert qat.is_quantize_aware(best)
     ranges = qat.trained_ranges(best)
     assert len(ranges) > 100 and all(low <= 0 <= high and low < high
                                      for low, high in ranges.values())
-    report = json.loads((qat_run / "export" / "report.json").read_text())
+    report = json.loads((run_dir / "export" / "report.json").read_text())
     rows = {row["mode"]: row for row in report["rows"]}
     assert rows["int8"]["int8_ranges"].startswith("quantization-aware (all ")
     assert "int8_ranges" not in rows["float32"]
@@ -146,14 +167,14 @@ def test_a_qat_run_saves_its_ranges_and_exports_int8_with_them(qat_run, tmp_path
     # 160 images of a tiny, one-epoch model: 0.00-0.044 seen across runs.
     assert abs(rows["int8"]["top1"] - rows["keras"]["top1"]) <= 0.06
     assert "int8: activation ranges quantization-aware" in \
-        (qat_run / "export" / "report.md").read_text()
+        (run_dir / "export" / "report.md").read_text()
 
     # export.int8_ranges: calibrated measures them afresh, as a check.
     from mnv3.export.pipeline import run as export_run
 
     copy = tmp_path / "calibrated"
-    shutil.copytree(qat_run, copy, ignore=shutil.ignore_patterns("export"))
-    cfg = tiny_cfg(f"model.init_from={qat_run / 'best.keras'}", *QAT, *EXPORT,
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("export"))
+    cfg = tiny_cfg(f"model.init_from={run_dir / 'best.keras'}", *QAT, *EXPORT,
                    "export.quant=[int8]", "export.int8_ranges=calibrated")
     report = export_run(cfg, str(copy))
     assert report["rows"][1]["int8_ranges"] == "calibrated"

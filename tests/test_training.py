@@ -1,10 +1,8 @@
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
@@ -12,7 +10,6 @@ import pytest
 import tensorflow as tf
 
 from mnv3 import config as config_lib
-from mnv3.model.quantize_aware import trained_ranges
 from mnv3.training import run
 from mnv3.training import optim
 from mnv3.training.strategy import distribute
@@ -61,35 +58,6 @@ def test_training_learns_and_inference_mode_tracks_training(learned_run):
                          cwd="/", capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "(None, 10)" in out.stdout
-
-
-@pytest.mark.slow
-def test_kill_9_and_resume(tmp_path):
-    model_dir = tmp_path / "run"
-    # Quantization-aware: its tracked ranges resume with the rest.
-    extra = ["train.epochs=1", "train.checkpoint_every_steps=5", "train.qat_epochs=1"]
-    proc = train_cli(model_dir, *extra)
-    checkpoints = model_dir / "checkpoints"
-    deadline = time.time() + 180
-    # Wait for the manager's state file, not the first .index: the state file is
-    # written after the checkpoint, and a kill between the two left none to name.
-    while time.time() < deadline and proc.poll() is None:
-        if checkpoints.exists() and tf.train.latest_checkpoint(str(checkpoints)):
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "training ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = tf.train.latest_checkpoint(str(checkpoints))
-    assert killed_at is not None
-
-    code, out = train_here(model_dir, *extra)
-    assert code == 0, out[-3000:]
-    assert f"resuming from {killed_at}" in out
-    metrics = read_metrics(model_dir)
-    assert [r["epoch"] for r in metrics] == [1] and metrics[-1]["step"] == 20
-    best = keras.saving.load_model(str(model_dir / "best.keras"))
-    assert len(trained_ranges(best)) > 100
 
 
 @pytest.mark.slow
