@@ -4,6 +4,7 @@ exported files run through LiteRT and MediaPipe's ImageSegmenter."""
 
 import glob
 import json
+import shutil
 import os
 
 import numpy as np
@@ -428,25 +429,25 @@ def test_every_task_name_has_a_task():
 
 
 @pytest.mark.slow
-def test_a_segmentation_run_resumes_and_keeps_its_best_miou(tmp_path):
-    """The classifier's trainer, unchanged: an interrupted run resumes where it
-    stopped, and best.keras follows eval mIoU across the restart."""
+def test_a_segmentation_run_resumes_and_keeps_its_best_miou(segmenter, tmp_path):
+    """The classifier's trainer, unchanged: a finished run given one more epoch
+    resumes where it stopped, and best.keras follows eval mIoU across the restart."""
     from mnv3.training import run
 
-    extra = ["data.synthetic_images=160", "data.image_size=32", "task.output_stride=8",
-             "train.checkpoint_every_steps=3"]
-    run(seg_cfg(*extra, "train.epochs=1"), str(tmp_path))
-    run(seg_cfg(*extra, "train.epochs=2"), str(tmp_path))
-    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert [r["epoch"] for r in records] == [1, 2]
-    assert records[1]["step"] == 2 * records[0]["step"]
-    reader = tf.train.load_checkpoint(str(tmp_path / "checkpoints"))
+    model_dir = tmp_path / "run"
+    shutil.copytree(segmenter[0], model_dir, ignore=shutil.ignore_patterns("export", "tb"))
+    epochs = segmenter_cfg().train.epochs
+    run(segmenter_cfg(f"train.epochs={epochs + 1}"), str(model_dir))
+    records = [json.loads(line) for line in open(model_dir / "metrics.jsonl")]
+    assert [r["epoch"] for r in records] == list(range(1, epochs + 2))
+    assert records[-1]["step"] == (epochs + 1) * records[0]["step"]
+    reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
     best = reader.get_tensor("best_top1/.ATTRIBUTES/VARIABLE_VALUE")
     assert np.isclose(best, max(r["eval_miou"] for r in records))
     # The run holds a segmenter: a classifier's config is refused, not trained on it.
-    args = ["--config", QUICKSTART, "--model_dir", str(tmp_path)]
-    for item in TINY_SEG + extra + ["task.name=classification", "data.num_classes=10",
-                                    "train.epochs=3"]:
+    args = ["--config", QUICKSTART, "--model_dir", str(model_dir)]
+    for item in TINY_SEG + ["task.name=classification", "data.num_classes=10",
+                            f"train.epochs={epochs + 2}"]:
         args += ["--set", item]
     assert_one_line_error(call_cli(cli.train, *args), "task.name='segmentation'")
 
