@@ -28,9 +28,11 @@ def run(cfg: Config, model_dir: str) -> dict | None:
     # Always set: the policy is process-global and must not leak between runs.
     keras.mixed_precision.set_dtype_policy(cfg.runtime.mixed_precision or "float32")
     strategy = make_strategy(cfg.runtime.strategy, cfg.runtime.tpu)
+    training = cfg.train.mode != "eval"
+    if not training and not checkpoints.on_disk(run_dir.checkpoints):
+        raise _nothing_to_evaluate(model_dir)  # before the data and the model are built
     task = tasks.get(cfg)  # the one look-up: everything below is handed it
     pipeline = make_pipeline(cfg, task)  # bad data fails here, before model_dir is touched
-    training = cfg.train.mode != "eval"
     if training and cfg.train.epochs:
         pipeline.steps_per_epoch()  # a training set smaller than one batch fails here
     start = None
@@ -53,11 +55,15 @@ def run(cfg: Config, model_dir: str) -> dict | None:
         stack.callback(trainer.close)
         with user_errors_from_data(pipeline):
             if not training:
-                if not trainer.keeper.restore():
-                    raise UserError(f"{model_dir}: no checkpoint to evaluate")
+                if not trainer.keeper.restore():  # removed since the check above
+                    raise _nothing_to_evaluate(model_dir)
                 metrics = trainer.evaluate()
                 say(json.dumps({f"eval_{k}": v for k, v in metrics.items()}))
                 return metrics
             trainer.fit()
             say(f"weights checksum {trainer.weights_checksum():.6f}")
             return None
+
+
+def _nothing_to_evaluate(model_dir: str) -> UserError:
+    return UserError(f"{model_dir}: no checkpoint to evaluate")
