@@ -141,7 +141,8 @@ def test_mismatched_weights_name_the_first_layer_that_differs(tmp_path):
 ])
 def test_each_bad_source_is_one_line_and_writes_nothing(tmp_path, monkeypatch, extra,
                                                         offline, fragment):
-    save_published_layout(random_application("small"), str(tmp_path / "small.h5"))
+    if any("small.h5" in e for e in extra):  # the one case that reads it
+        save_published_layout(random_application("small"), str(tmp_path / "small.h5"))
     empty_home = tmp_path / "no-cache"
     if offline:
         monkeypatch.setenv("KERAS_HOME", str(empty_home))
