@@ -161,7 +161,7 @@ class Graphs:
     def __init__(self, trained, cfg: Config, task: Task):
         self.trained, self.cfg, self.task = trained, cfg, task
         self._folder = tempfile.TemporaryDirectory(prefix="mnv3-graphs-")
-        self._made: dict[tuple, tuple[ExportGraph, str]] = {}
+        self._made: dict[tuple, tuple[ExportGraph, str, object]] = {}
 
     def __enter__(self) -> "Graphs":
         return self
@@ -169,15 +169,17 @@ class Graphs:
     def __exit__(self, *exc) -> None:
         self._folder.cleanup()
 
-    def get(self, mode: Mode) -> tuple[ExportGraph, str]:
-        """(the graph for `mode`, the SavedModel it was written to)."""
+    def get(self, mode: Mode) -> tuple[ExportGraph, str, object]:
+        """(the graph for `mode`, the SavedModel it was written to, the task's
+        serving function around it: see convert)."""
         key = (mode.integer, mode.quantized_input)  # all export_graph reads of a mode
         if key not in self._made:
             graph = export_graph(self.trained, partial(self.task.build, self.cfg), mode,
                                  float_stem=self.cfg.export.int8_float_stem)
+            serve = self.task.export.serving(graph.model)
             saved = os.path.join(self._folder.name, str(len(self._made)))
-            save_graph(graph.model, saved, self.task.export.serving(graph.model))
-            self._made[key] = (graph, saved)
+            save_graph(graph.model, saved, serve)
+            self._made[key] = (graph, saved, serve)
         return self._made[key]
 
 
@@ -267,7 +269,7 @@ def convert_model(graphs: Graphs, mode: Mode, calibration: list,
     rewrites, the calibration (`calibration`: HxWx3 pixels 0..255) and the
     conversion that every exported file goes through."""
     cfg, task = graphs.cfg, graphs.task
-    graph, saved = graphs.get(mode)
+    graph, saved, serve = graphs.get(mode)
     samples = [(scale_input(x) if mode.quantized_input else x)[None]
                for x in calibration] if mode.integer else []
     return convert(graph.model, mode, samples,
@@ -275,7 +277,7 @@ def convert_model(graphs: Graphs, mode: Mode, calibration: list,
                    output_range=task.export.output_range(), float_ops=task.export.float_ops,
                    float_layers=graph.float_layers,
                    trained_ranges=graph.ranges if cfg.export.int8_ranges == "trained"
-                   else None, provenance=provenance, saved=saved)
+                   else None, provenance=provenance, serve=serve, saved=saved)
 
 
 def _stacked(outputs: list):

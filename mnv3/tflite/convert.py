@@ -58,7 +58,7 @@ def convert(model: keras.Model, mode: Mode, samples: Sequence[np.ndarray] = (),
     model's own (tflite/postprocess.py); its TFLite custom ops are allowed
     (TFLite's own detection post-processing, which every runtime has).
     `saved`: where save_graph already wrote `model` and `serve` (modes that
-    share a graph share the write); None writes it here."""
+    share a graph share the write); None writes them here."""
     with tempfile.TemporaryDirectory() as tmp:
         if saved is None:
             saved = tmp
