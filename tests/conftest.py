@@ -139,10 +139,10 @@ def train_cli(model_dir, *extra, env=None, **kwargs):
 
 
 def kill_at_first_checkpoint(proc, checkpoints, limit=180) -> str:
-    """SIGKILLs `proc` (a train_cli process) once its first checkpoint in
-    `checkpoints` is named by the manager's state file (written after the
-    checkpoint: a kill between the two would leave none to name); returns that
-    checkpoint's prefix."""
+    """SIGKILLs `proc` (a process that trains, its output piped, as train_cli
+    starts one) once its first checkpoint in `checkpoints` is named by the
+    manager's state file (written after the checkpoint: a kill between the two
+    would leave none to name); returns that checkpoint's prefix."""
     import tensorflow as tf
 
     deadline = time.time() + limit

@@ -4,11 +4,9 @@ an `adb` that speaks like the real one."""
 
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -17,7 +15,8 @@ from mnv3 import config as config_lib
 from mnv3.budget import android, front
 from mnv3.budget.candidates import Candidate, given, grid
 from mnv3.errors import UserError
-from tests.conftest import ROOT, TINY, assert_one_line_error, call_cli
+from tests.conftest import (ROOT, TINY, assert_one_line_error, call_cli,
+                            kill_at_first_checkpoint)
 
 
 def row(name, latency, madds, int8=None):
@@ -110,18 +109,8 @@ def test_a_search_killed_while_training_resumes_and_writes_the_winner(tmp_path):
     first = subprocess.Popen([sys.executable, "-m", "mnv3.budget",
                               *_search_args(out, weights)], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        # Killed once the trained candidate has a checkpoint (step 4 saves one).
-        checkpoints = out / "runs" / "small_0.35_40" / "checkpoints"
-        deadline = time.monotonic() + 240
-        while not (checkpoints.is_dir() and any(p.name.endswith(".index")
-                                                for p in checkpoints.iterdir())):
-            assert first.poll() is None, first.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint in 240 s"
-            time.sleep(0.2)
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
+    # Killed once the trained candidate has a checkpoint (step 4 saves one).
+    kill_at_first_checkpoint(first, out / "runs" / "small_0.35_40" / "checkpoints", limit=240)
     assert not (out / "budget.md").exists()
     timings = json.loads((out / "timing" / "timings.json").read_text())
 
