@@ -55,7 +55,7 @@ def run(cfg: Config, model_dir: str) -> dict | None:
         stack.callback(trainer.close)
         with user_errors_from_data(pipeline):
             if not training:
-                if not trainer.keeper.restore():  # removed since the check above
+                if not trainer.keeper.restore():  # deleted since the check above
                     raise _nothing_to_evaluate(model_dir)
                 metrics = trainer.evaluate()
                 say(json.dumps({f"eval_{k}": v for k, v in metrics.items()}))
