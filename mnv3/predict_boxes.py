@@ -55,9 +55,13 @@ class Detector:
                             f"({str(e).strip().splitlines()[0][:200]})") from None
 
     def detect(self, path: str) -> tuple[np.ndarray, list[Found]]:
+        image = read_rgb(path)
+        return image, self.detect_pixels(image)
+
+    def detect_pixels(self, image: np.ndarray) -> list[Found]:
+        """The boxes MediaPipe finds in `image` (H x W x 3 uint8 RGB), best first."""
         import mediapipe as mp
 
-        image = read_rgb(path)
         result = self._detector.detect(
             mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)))
         found = []
@@ -66,7 +70,7 @@ class Detector:
             found.append(Found(c.category_name or str(c.index), c.index, float(c.score),
                                (b.origin_x, b.origin_y, b.origin_x + b.width,
                                 b.origin_y + b.height)))
-        return image, sorted(found, key=lambda f: -f.score)
+        return sorted(found, key=lambda f: -f.score)
 
     def close(self) -> None:
         """Releases MediaPipe's detector now (its own finaliser fails when it runs

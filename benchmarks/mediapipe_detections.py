@@ -1,0 +1,147 @@
+"""How often MediaPipe's ObjectDetector, given a run's exported detector and its
+held-out photos, returns the detections our interpreter returns (#28's goal: the
+same class at IoU 0.9 or more, for at least 95% of the detections above the
+score threshold).
+
+    python benchmarks/mediapipe_detections.py --model_dir runs/fruits_qat --json
+
+The run's held-out photos are its config's split, as training made it. Two
+comparisons per file, each over the detections scoring `--min_score` or more
+on both sides (a detection of one side is matched when the other has one of
+the same class at IoU 0.9 or more):
+- same_pixels: MediaPipe and our interpreter both get the photo as our
+  `predict.resize_like_mediapipe` resizes it: what the file, its metadata and
+  its post-processing do in MediaPipe, against our interpreter;
+- whole_photos: MediaPipe gets the photo whole, as an app hands it a camera
+  frame, and resizes it itself. Our resize matches MediaPipe's bit for bit
+  except at positions halfway between two of OpenCV's 1/32-pixel steps
+  (tests/test_predict.py), so this also shows how far those few pixels move
+  the file's detections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+
+import numpy as np
+
+from mnv3.tflite.evaluate import TFLiteModel
+
+
+def _iou(a, b) -> float:
+    """IoU of two [x0, y0, x1, y1] boxes."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _matched(found, others, min_iou: float) -> int:
+    """How many of `found` [(class, box)] have a same-class box in `others` at `min_iou`."""
+    return sum(any(name == other and _iou(box, other_box) >= min_iou
+                   for other, other_box in others) for name, box in found)
+
+
+def held_out_photos(model_dir: str) -> list[str]:
+    """The run's held-out photos, split as its config splits them."""
+    from mnv3 import config as config_lib
+    from mnv3.data.boxes import read_boxes
+    from mnv3.data.sources import holdout
+
+    cfg = config_lib.load([os.path.join(model_dir, "config.yaml")], [])
+    found = read_boxes(cfg.data.train_dir)
+    _, held = holdout(np.zeros(len(found)), cfg.data.val_fraction)
+    return [found.images[i] for i in held]
+
+
+def _ours(model: TFLiteModel, pixels: np.ndarray, labels, min_score: float, scale):
+    """Our interpreter's detections in `pixels` as (class, [x0, y0, x1, y1]), the
+    box scaled by `scale` and in whole pixels as MediaPipe gives them (the corner
+    and the size each cut to an integer), so that a small box is not told apart
+    by MediaPipe's rounding."""
+    out = model(pixels.astype(np.float32))
+    found = []
+    for k in range(int(out["num_detections"])):
+        if out["detection_scores"][k] >= min_score:
+            y0, x0, y1, x1 = np.clip(out["detection_boxes"][k], 0, 1) * scale
+            left, top = int(x0), int(y0)
+            found.append((labels[int(out["detection_classes"][k])],
+                          (left, top, left + int(x1 - x0), top + int(y1 - y0))))
+    return found
+
+
+def _boxes(found) -> list:
+    """MediaPipe's detections (predict_boxes.Found) as (class, box) pairs."""
+    return [(f.label, f.box) for f in found]
+
+
+def _agreement(pairs, min_iou: float) -> dict:
+    """Counts and matched shares over [(MediaPipe's detections, ours)] per photo."""
+    theirs = sum(len(t) for t, _ in pairs)
+    ours = sum(len(o) for _, o in pairs)
+    return {"mediapipe_detections": theirs, "our_detections": ours,
+            "mediapipe_found_by_ours": sum(_matched(t, o, min_iou) for t, o in pairs)
+            / max(theirs, 1),
+            "ours_found_by_mediapipe": sum(_matched(o, t, min_iou) for t, o in pairs)
+            / max(ours, 1)}
+
+
+def compare(tflite: str, photos: list[str], min_score: float, min_iou: float) -> dict:
+    from mnv3.predict import read_rgb, resize_like_mediapipe
+    from mnv3.predict_boxes import Detector
+
+    labels = open(os.path.join(os.path.dirname(tflite), "labels.txt")).read().split()
+    ours = TFLiteModel(open(tflite, "rb").read())
+    height, width = (int(n) for n in ours.input["shape"][1:3])
+    mediapipe = Detector(tflite, min_score)
+    same_pixels, whole_photos = [], []
+    try:
+        for photo in photos:
+            image = read_rgb(photo)
+            resized = resize_like_mediapipe(image, height, width)
+            same_pixels.append((_boxes(mediapipe.detect_pixels(resized)),
+                                _ours(ours, resized, labels, min_score,
+                                      np.array([height, width] * 2, np.float32))))
+            whole_photos.append((_boxes(mediapipe.detect_pixels(image)),
+                                 _ours(ours, resized, labels, min_score,
+                                       np.array(image.shape[:2] * 2, np.float32))))
+    finally:
+        mediapipe.close()
+    return {"file": os.path.basename(tflite), "photos": len(photos),
+            "same_pixels": _agreement(same_pixels, min_iou),
+            "whole_photos": _agreement(whole_photos, min_iou)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_dir", required=True, help="a detection run with an export")
+    parser.add_argument("--min_score", type=float, default=0.3,
+                        help="score threshold on both sides (the export report's)")
+    parser.add_argument("--min_iou", type=float, default=0.9)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    photos = held_out_photos(args.model_dir)
+    files = sorted(glob.glob(os.path.join(args.model_dir, "export", "*.tflite")))
+    result = {"model_dir": args.model_dir, "min_score": args.min_score,
+              "min_iou": args.min_iou,
+              "files": [compare(f, photos, args.min_score, args.min_iou) for f in files]}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for row in result["files"]:
+            for how in ("same_pixels", "whole_photos"):
+                a = row[how]
+                print(f"{row['file']}, {how} ({row['photos']} photos): MediaPipe's "
+                      f"{a['mediapipe_detections']} detections, "
+                      f"{a['mediapipe_found_by_ours']:.1%} found by ours; ours "
+                      f"{a['our_detections']}, {a['ours_found_by_mediapipe']:.1%} found by "
+                      "MediaPipe")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
