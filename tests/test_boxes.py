@@ -214,6 +214,31 @@ def test_the_crop_area_bounds_the_views_and_whole_photos_need_no_crop():
     assert max(default) > 1 / 0.6
 
 
+def test_a_zoomed_out_view_shows_the_photo_smaller_on_grey_with_its_boxes():
+    from mnv3.data.box_augment import CANVAS_GREY, train_view
+
+    pixels, boxes, classes = coloured_photo()
+    size, zoomed = 192, 0
+    for i in range(24):
+        image, out_boxes, out_classes = (np.asarray(t) for t in train_view(
+            pixels, boxes, classes, tf_seed(i), size, crop_area=(1.0, 1.0), flip=False,
+            zoom_out=4.0))
+        np.testing.assert_array_equal(out_classes, classes)  # no crop: every box stays
+        shrink = (out_boxes[:, 2:] - out_boxes[:, :2]) / (boxes[:, 2:] - boxes[:, :2])
+        # Height and width shrink alike, by at most 4.
+        np.testing.assert_allclose(shrink, shrink[0, 0], rtol=0.02)
+        assert 1 / 4 - 0.01 <= shrink[0, 0] <= 1 + 1e-6
+        interiors = list(box_interiors(image, out_boxes, margin=2))
+        assert interiors
+        for inside, cls in zip(interiors, out_classes):
+            np.testing.assert_allclose(inside.mean(0), COLOURS[cls], atol=12)
+        if shrink[0, 0] < 0.95:
+            zoomed += 1
+            # The photo's black background ends where the canvas's grey begins.
+            assert (image == CANVAS_GREY).all(-1).mean() > 0.05
+    assert 6 <= zoomed <= 18  # half the views, give or take
+
+
 def test_a_flip_mirrors_the_boxes():
     from mnv3.data.box_augment import flip_left_right
 

@@ -179,6 +179,11 @@ class DataConfig:
         "pay off over long schedules and cost a short run most of what it learns "
         "(BENCHMARKS.md, detection).", min=0.0, max=1.0, min_exclusive=True,
         only_for="detection")
+    box_zoom_out: float = _field(
+        1.0, "`detection`: SSD's zoom-out in training: on half the views the photo sits "
+        "at a random place on a grey canvas up to this many times its height and width "
+        "(SSD's 4), so its objects appear smaller; 1 never zooms out.", min=1.0, max=16.0,
+        only_for="detection")
     photometric: bool = _field(
         False, "SSD's photometric distortions on training views: random brightness, "
         "contrast, saturation and hue, each on half the views. Where colour tells "

@@ -1,10 +1,11 @@
 """Box-aware views of a detection photo, as tf.data map functions: the crop,
 flip and resize move the boxes with the pixels.
 
-The training view is SSD's (Liu et al. 2016, section 3.6): a random crop that
-keeps at least a chosen share of some box (the share drawn from
-MIN_COVERED, 0 meaning any crop), a horizontal flip, and a resize to the
-model's square input. A box stays when its centre lies inside the crop (SSD's
+The training view is SSD's (Liu et al. 2016, section 3.6): optionally a
+zoom-out (the photo placed on a larger grey canvas, so its objects appear
+smaller), a random crop that keeps at least a chosen share of some box (the
+share drawn from MIN_COVERED, 0 meaning any crop), a horizontal flip, and a
+resize to the model's square input. A box stays when its centre lies inside the crop (SSD's
 rule: a box cut through the middle is still that object), clipped to the crop.
 The crop is found by tf.image's sample_distorted_bounding_box, whose
 min_object_covered is that share of a box's area.
@@ -24,6 +25,7 @@ MIN_COVERED = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)  # SSD's choices (its "whole image"
 CROP_AREA = (0.1, 1.0)  # of the photo (SSD's; data.box_crop_area)
 CROP_ASPECT = (0.5, 2.0)
 MIN_SIDE = 1e-3  # a box thinner than this (of the view) after clipping is dropped
+CANVAS_GREY = 128  # the zoom-out's canvas: mid-grey, about 0 once the model normalises
 
 
 def _resize(image, size: int):
@@ -49,6 +51,25 @@ def _crop(image, boxes, classes, seed, area):
     return image, boxes, classes
 
 
+def _zoom_out(image, boxes, seed, max_ratio: float):
+    """`image` at a random place on a grey canvas 1 to `max_ratio` times its
+    height and width (SSD's "expansion"), and `boxes` moved with it."""
+    ratio_seed, y_seed, x_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    ratio = tf.random.stateless_uniform([], ratio_seed, 1.0, max_ratio)
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    canvas_h = tf.cast(tf.cast(height, tf.float32) * ratio, tf.int32)
+    canvas_w = tf.cast(tf.cast(width, tf.float32) * ratio, tf.int32)
+    top = tf.random.stateless_uniform([], y_seed, 0, canvas_h - height + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([], x_seed, 0, canvas_w - width + 1, dtype=tf.int32)
+    image = tf.pad(image, [[top, canvas_h - height - top], [left, canvas_w - width - left],
+                           [0, 0]], constant_values=tf.cast(CANVAS_GREY, image.dtype))
+    size = tf.cast(tf.stack([height, width, height, width]), tf.float32)
+    offset = tf.cast(tf.stack([top, left, top, left]), tf.float32)
+    canvas = tf.cast(tf.stack([canvas_h, canvas_w, canvas_h, canvas_w]), tf.float32)
+    return image, (boxes * size + offset) / canvas
+
+
 def _into_window(boxes, classes, window):
     """`boxes` in the coordinates of `window` (both in 0..1 of the same image),
     keeping those whose centres lie inside it, clipped to it."""
@@ -71,12 +92,21 @@ def flip_left_right(image, boxes):
 
 
 def train_view(image, boxes, classes, seed, size: int,
-               crop_area: tuple[float, float] = CROP_AREA, flip: bool = True):
+               crop_area: tuple[float, float] = CROP_AREA, flip: bool = True,
+               zoom_out: float = 1.0):
     """SSD's augmentation of one photo (bytes or pixels): (size x size x 3
     uint8, boxes, classes). `crop_area`: the crop's share of the photo's area
-    ((1, 1): no crop); `flip`: random horizontal flips."""
+    ((1, 1): no crop); `flip`: random horizontal flips; `zoom_out`: on half the
+    views, the photo on a canvas up to this many times its size (1: never)."""
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     image = decode(image)
+    if zoom_out > 1:
+        # Seeds of its own: the crop and flip draw what they drew before zoom-out existed.
+        pick_seed, place_seed = tf.unstack(tf.random.experimental.stateless_split(
+            tf.random.experimental.stateless_fold_in(seed, 1), 2))
+        image, boxes = tf.cond(tf.random.stateless_uniform([], pick_seed) < 0.5,
+                               lambda: _zoom_out(image, boxes, place_seed, zoom_out),
+                               lambda: (image, boxes))
     if crop_area[0] < 1:
         image, boxes, classes = _crop(image, boxes, classes, crop_seed, crop_area)
     if flip:

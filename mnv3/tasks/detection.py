@@ -103,7 +103,7 @@ class Detection(Task):
         d = self.cfg.data
         image, found, classes = box_augment.train_view(
             image, *box_augment.unpadded(label), seed, d.image_size,
-            crop_area=tuple(d.box_crop_area), flip=d.random_flip)
+            crop_area=tuple(d.box_crop_area), flip=d.random_flip, zoom_out=d.box_zoom_out)
         return image, box_augment.padded(found, classes, self.cfg.task.max_boxes)
 
     def eval_view(self, image, label):
