@@ -90,10 +90,16 @@ def curves_png(records: list[dict], path: str, metric: str = "top1",
     for ax, (title, keys) in zip(axes, [("loss", ["train_loss", "eval_loss"]),
                                         (title, [f"train_{metric}", f"eval_{metric}"]),
                                         ("learning rate (end of epoch)", ["lr"])]):
+        lowest = np.inf
         for key in keys:
             points = list(series(key))
             if points:
                 ax.plot(*points, marker="o", markersize=3, label=key.replace("_", " "))
+                lowest = min(lowest, np.nanmin(points[1]))
+        if title == "loss" and 0 < lowest < np.inf:
+            # A detector's first loss is 10-100x its last: on a linear axis the
+            # rest of the curve lies flat on the floor.
+            ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
