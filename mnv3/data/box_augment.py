@@ -5,8 +5,9 @@ The training view is SSD's (Liu et al. 2016, section 3.6): optionally a
 zoom-out (the photo placed on a larger grey canvas, so its objects appear
 smaller), a random crop that keeps at least a chosen share of some box (the
 share drawn from MIN_COVERED, 0 meaning any crop), a horizontal flip, and a
-resize to the model's square input. A box stays when its centre lies inside the crop (SSD's
-rule: a box cut through the middle is still that object), clipped to the crop.
+resize to the model's square input. A box stays when its centre lies inside
+the crop (SSD's rule: a box cut through the middle is still that object),
+clipped to the crop.
 The crop is found by tf.image's sample_distorted_bounding_box, whose
 min_object_covered is that share of a box's area.
 
