@@ -21,13 +21,14 @@ the same class at IoU 0.9 or more):
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
 
 import numpy as np
 
+from mnv3 import cli
+from mnv3.errors import UserError
 from mnv3.tflite.evaluate import TFLiteModel
 
 
@@ -52,7 +53,15 @@ def held_out_photos(model_dir: str) -> list[str]:
     from mnv3.data.boxes import read_boxes
     from mnv3.data.sources import holdout
 
-    cfg = config_lib.load([os.path.join(model_dir, "config.yaml")], [])
+    saved = os.path.join(model_dir, "config.yaml")
+    if not os.path.isfile(saved):
+        raise UserError(f"{model_dir}: not a run directory (no config.yaml)")
+    cfg = config_lib.load([saved], [])
+    if cfg.task.name != "detection":
+        raise UserError(f"{model_dir}: a {cfg.task.name} run; this compares detectors")
+    if cfg.data.source != "folder" or cfg.data.eval_dir:
+        raise UserError(f"{model_dir}: its held-out photos are not carved from a "
+                        "folder (data.source folder, no data.eval_dir)")
     found = read_boxes(cfg.data.train_dir)
     _, held = holdout(np.zeros(len(found)), cfg.data.val_fraction)
     return [found.images[i] for i in held]
@@ -117,30 +126,36 @@ def compare(tflite: str, photos: list[str], min_score: float, min_iou: float) ->
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--model_dir", required=True, help="a detection run with an export")
     parser.add_argument("--min_score", type=float, default=0.3,
                         help="score threshold on both sides (the export report's)")
     parser.add_argument("--min_iou", type=float, default=0.9)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
-    photos = held_out_photos(args.model_dir)
+    # A run that is missing, not a detector's or not exported: one line, exit 2.
+    return cli.run_command(lambda: _measure(parser.parse_args(argv)))
+
+
+def _measure(args) -> None:
     files = sorted(glob.glob(os.path.join(args.model_dir, "export", "*.tflite")))
+    photos = held_out_photos(args.model_dir)
+    if not files:
+        raise UserError(f"{args.model_dir}: no exported .tflite in export/ (run "
+                        "export_tflite.py first)")
     result = {"model_dir": args.model_dir, "min_score": args.min_score,
               "min_iou": args.min_iou,
               "files": [compare(f, photos, args.min_score, args.min_iou) for f in files]}
     if args.json:
         print(json.dumps(result))
-    else:
-        for row in result["files"]:
-            for how in ("same_pixels", "whole_photos"):
-                a = row[how]
-                print(f"{row['file']}, {how} ({row['photos']} photos): MediaPipe's "
-                      f"{a['mediapipe_detections']} detections, "
-                      f"{a['mediapipe_found_by_ours']:.1%} found by ours; ours "
-                      f"{a['our_detections']}, {a['ours_found_by_mediapipe']:.1%} found by "
-                      "MediaPipe")
-    return 0
+        return
+    for row in result["files"]:
+        for how in ("same_pixels", "whole_photos"):
+            a = row[how]
+            print(f"{row['file']}, {how} ({row['photos']} photos): MediaPipe's "
+                  f"{a['mediapipe_detections']} detections, "
+                  f"{a['mediapipe_found_by_ours']:.1%} found by ours; ours "
+                  f"{a['our_detections']}, {a['ours_found_by_mediapipe']:.1%} found by "
+                  "MediaPipe")
 
 
 if __name__ == "__main__":

@@ -241,3 +241,19 @@ def test_the_mediapipe_benchmark_matches_a_box_of_the_same_class_at_the_iou():
     assert _matched([apple], [("apple", (0, 0, 100, 85))], 0.9) == 0  # IoU 0.85
     assert _matched([apple], [("orange", (0, 0, 100, 100))], 0.9) == 0
     assert _matched([apple, apple], [("orange", (0, 0, 1, 1)), apple], 0.9) == 2
+
+
+def test_the_mediapipe_benchmark_refuses_what_is_not_a_detection_run_in_one_line(tmp_path):
+    from benchmarks.mediapipe_detections import main
+    from mnv3 import config as config_lib
+    from tests.conftest import assert_one_line_error, call_cli
+
+    assert_one_line_error(call_cli(main, "--model_dir", str(tmp_path / "gone")),
+                          "gone", "not a run directory")
+    config_lib.save(tiny_cfg(), str(tmp_path / "config.yaml"))  # a classifier's run
+    assert_one_line_error(call_cli(main, "--model_dir", str(tmp_path)),
+                          "a classification run")
+    config_lib.save(tiny_cfg("task.name=detection", "data.num_classes=6"),
+                    str(tmp_path / "config.yaml"))  # synthetic shapes: no photos
+    assert_one_line_error(call_cli(main, "--model_dir", str(tmp_path)),
+                          "not carved from a folder")
