@@ -28,31 +28,17 @@ import os
 import numpy as np
 
 from mnv3 import cli
+from mnv3 import config as config_lib
+from mnv3.data.boxes import load_source
 from mnv3.errors import UserError
+from mnv3.model.anchors import same_detections
+from mnv3.predict import read_rgb, resize_like_mediapipe
+from mnv3.predict_boxes import Detector
 from mnv3.tflite.evaluate import TFLiteModel
 
 
-def _iou(a, b) -> float:
-    """IoU of two [x0, y0, x1, y1] boxes."""
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def _matched(found, others, min_iou: float) -> int:
-    """How many of `found` [(class, box)] have a same-class box in `others` at `min_iou`."""
-    return sum(any(name == other and _iou(box, other_box) >= min_iou
-                   for other, other_box in others) for name, box in found)
-
-
 def held_out_photos(model_dir: str) -> list[str]:
-    """The run's held-out photos, split as its config splits them."""
-    from mnv3 import config as config_lib
-    from mnv3.data.boxes import read_boxes
-    from mnv3.data.sources import holdout
-
+    """The run's held-out photos, as its config's data source splits them."""
     saved = os.path.join(model_dir, "config.yaml")
     if not os.path.isfile(saved):
         raise UserError(f"{model_dir}: not a run directory (no config.yaml)")
@@ -62,47 +48,52 @@ def held_out_photos(model_dir: str) -> list[str]:
     if cfg.data.source != "folder" or cfg.data.eval_dir:
         raise UserError(f"{model_dir}: its held-out photos are not carved from a "
                         "folder (data.source folder, no data.eval_dir)")
-    found = read_boxes(cfg.data.train_dir)
-    _, held = holdout(np.zeros(len(found)), cfg.data.val_fraction)
-    return [found.images[i] for i in held]
+    return list(load_source(cfg.data, cfg.task.max_boxes).eval.paths)
 
 
-def _ours(model: TFLiteModel, pixels: np.ndarray, labels, min_score: float, scale):
-    """Our interpreter's detections in `pixels` as (class, [x0, y0, x1, y1]), the
-    box scaled by `scale` and in whole pixels as MediaPipe gives them (the corner
+def _ours(model: TFLiteModel, pixels: np.ndarray, min_score: float):
+    """Our interpreter's detections scoring `min_score` or more in `pixels`:
+    (boxes [N, 4] as [y0, x0, y1, x1] in 0..1, clipped to the photo as
+    MediaPipe clips them; class ids [N])."""
+    out = model(pixels.astype(np.float32))
+    keep = out["detection_scores"][:int(out["num_detections"])] >= min_score
+    return (np.clip(out["detection_boxes"][:len(keep)][keep], 0, 1),
+            out["detection_classes"][:len(keep)][keep].astype(int))
+
+
+def _in_whole_pixels(found, labels, height: int, width: int):
+    """`_ours`' detections as MediaPipe gives them: class names, and boxes
+    [x0, y0, x1, y1] in whole pixels of a `height` x `width` photo (the corner
     and the size each cut to an integer), so that a small box is not told apart
     by MediaPipe's rounding."""
-    out = model(pixels.astype(np.float32))
-    found = []
-    for k in range(int(out["num_detections"])):
-        if out["detection_scores"][k] >= min_score:
-            y0, x0, y1, x1 = np.clip(out["detection_boxes"][k], 0, 1) * scale
-            left, top = int(x0), int(y0)
-            found.append((labels[int(out["detection_classes"][k])],
-                          (left, top, left + int(x1 - x0), top + int(y1 - y0))))
-    return found
+    boxes, classes = found
+    y0, x0 = boxes[:, 0] * height, boxes[:, 1] * width
+    left, top = x0.astype(int), y0.astype(int)
+    right = left + (boxes[:, 3] * width - x0).astype(int)
+    bottom = top + (boxes[:, 2] * height - y0).astype(int)
+    return (np.stack([left, top, right, bottom], 1).reshape(-1, 4),
+            np.array([labels[c] for c in classes]))
 
 
-def _boxes(found) -> list:
-    """MediaPipe's detections (predict_boxes.Found) as (class, box) pairs."""
-    return [(f.label, f.box) for f in found]
+def _mediapipe(found):
+    """MediaPipe's detections (predict_boxes.Found): boxes [x0, y0, x1, y1] in
+    whole pixels, class names."""
+    return (np.array([f.box for f in found], np.float32).reshape(-1, 4),
+            np.array([f.label for f in found]))
 
 
 def _agreement(pairs, min_iou: float) -> dict:
     """Counts and matched shares over [(MediaPipe's detections, ours)] per photo."""
-    theirs = sum(len(t) for t, _ in pairs)
-    ours = sum(len(o) for _, o in pairs)
+    theirs = sum(len(t[0]) for t, _ in pairs)
+    ours = sum(len(o[0]) for _, o in pairs)
     return {"mediapipe_detections": theirs, "our_detections": ours,
-            "mediapipe_found_by_ours": sum(_matched(t, o, min_iou) for t, o in pairs)
+            "mediapipe_found_by_ours": sum(same_detections(*t, *o, min_iou) for t, o in pairs)
             / max(theirs, 1),
-            "ours_found_by_mediapipe": sum(_matched(o, t, min_iou) for t, o in pairs)
+            "ours_found_by_mediapipe": sum(same_detections(*o, *t, min_iou) for t, o in pairs)
             / max(ours, 1)}
 
 
 def compare(tflite: str, photos: list[str], min_score: float, min_iou: float) -> dict:
-    from mnv3.predict import read_rgb, resize_like_mediapipe
-    from mnv3.predict_boxes import Detector
-
     labels = open(os.path.join(os.path.dirname(tflite), "labels.txt")).read().split()
     ours = TFLiteModel(open(tflite, "rb").read())
     height, width = (int(n) for n in ours.input["shape"][1:3])
@@ -112,12 +103,11 @@ def compare(tflite: str, photos: list[str], min_score: float, min_iou: float) ->
         for photo in photos:
             image = read_rgb(photo)
             resized = resize_like_mediapipe(image, height, width)
-            same_pixels.append((_boxes(mediapipe.detect_pixels(resized)),
-                                _ours(ours, resized, labels, min_score,
-                                      np.array([height, width] * 2, np.float32))))
-            whole_photos.append((_boxes(mediapipe.detect_pixels(image)),
-                                 _ours(ours, resized, labels, min_score,
-                                       np.array(image.shape[:2] * 2, np.float32))))
+            found = _ours(ours, resized, min_score)
+            same_pixels.append((_mediapipe(mediapipe.detect_pixels(resized)),
+                                _in_whole_pixels(found, labels, height, width)))
+            whole_photos.append((_mediapipe(mediapipe.detect_pixels(image)),
+                                 _in_whole_pixels(found, labels, *image.shape[:2])))
     finally:
         mediapipe.close()
     return {"file": os.path.basename(tflite), "photos": len(photos),

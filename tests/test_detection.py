@@ -224,23 +224,28 @@ def test_the_mediapipe_benchmark_matches_the_same_detections_on_the_same_pixels(
         Image.fromarray(image).save(photos[-1])
     path = glob.glob(os.path.join(model_dir, "export", "*_int8.tflite"))[0]
     row = compare(path, photos, min_score=0.0, min_iou=0.9)
-    assert row["whole_photos"] == row["same_pixels"]
+    assert row["whole_photos"] == row["same_pixels"], row
     counts = row["same_pixels"]
-    assert counts["mediapipe_detections"] == counts["our_detections"] > 10
+    assert counts["mediapipe_detections"] == counts["our_detections"] > 10, row
     # The tiny model's boxes are a few pixels wide, where MediaPipe's whole
     # pixels can cost a box IoU 0.9 (77-91% of them match, run to run); the
     # fruit photos' boxes match 100% (BENCHMARKS.md, detection).
-    assert counts["mediapipe_found_by_ours"] >= 0.5 and counts["ours_found_by_mediapipe"] >= 0.5
+    assert counts["mediapipe_found_by_ours"] >= 0.5 and counts["ours_found_by_mediapipe"] >= 0.5, \
+        row
 
 
 def test_the_mediapipe_benchmark_matches_a_box_of_the_same_class_at_the_iou():
-    from benchmarks.mediapipe_detections import _matched
+    from mnv3.model.anchors import same_detections  # the benchmark's and the report's
+
+    def matched(found, others):
+        return same_detections([b for _, b in found], [c for c, _ in found],
+                               [b for _, b in others], [c for c, _ in others], 0.9)
 
     apple = ("apple", (0, 0, 100, 100))
-    assert _matched([apple], [("apple", (0, 0, 100, 95))], 0.9) == 1  # IoU 0.95
-    assert _matched([apple], [("apple", (0, 0, 100, 85))], 0.9) == 0  # IoU 0.85
-    assert _matched([apple], [("orange", (0, 0, 100, 100))], 0.9) == 0
-    assert _matched([apple, apple], [("orange", (0, 0, 1, 1)), apple], 0.9) == 2
+    assert matched([apple], [("apple", (0, 0, 100, 95))]) == 1  # IoU 0.95
+    assert matched([apple], [("apple", (0, 0, 100, 85))]) == 0  # IoU 0.85
+    assert matched([apple], [("orange", (0, 0, 100, 100))]) == 0
+    assert matched([apple, apple], [("orange", (0, 0, 1, 1)), apple]) == 2
 
 
 def test_the_mediapipe_benchmark_refuses_what_is_not_a_detection_run_in_one_line(tmp_path):

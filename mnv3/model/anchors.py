@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 SCALE_FACTORS = (10.0, 10.0, 5.0, 5.0)  # y, x, height, width
@@ -85,6 +86,19 @@ def iou(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     intersection = tf.reduce_prod(tf.maximum(bottom_right - top_left, 0.0), -1)
     area = lambda box: (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])  # noqa: E731
     return intersection / tf.maximum(area(a) + area(b) - intersection, 1e-9)
+
+
+def same_detections(boxes, classes, other_boxes, other_classes, min_iou: float) -> int:
+    """How many of the detections (`boxes` [N, 4], `classes` [N]) the others
+    also found: one of the same class at IoU `min_iou` or more. Both sides'
+    boxes in one layout, whichever it is."""
+    if not len(boxes) or not len(other_boxes):
+        return 0
+    overlaps = np.asarray(iou(tf.constant(boxes, tf.float32),
+                              tf.constant(other_boxes, tf.float32)))
+    same = (overlaps >= min_iou) & (np.asarray(classes)[:, None]
+                                    == np.asarray(other_classes)[None])
+    return int(same.any(1).sum())
 
 
 def match_batch(anchors: tf.Tensor, truth: tf.Tensor, threshold: float = 0.5,

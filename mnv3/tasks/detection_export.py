@@ -9,10 +9,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import tensorflow as tf
 
 from mnv3.coco import DetectionScore
-from mnv3.model.anchors import MAX_DETECTIONS, iou
+from mnv3.model.anchors import MAX_DETECTIONS, same_detections
 from mnv3.results import plots
 from mnv3.results.report import per_class_by_mode, percent
 from mnv3.tasks.base import TaskExport
@@ -129,14 +128,8 @@ class _Scorecard:
 
     def _compare(self, theirs, ours) -> None:
         """Counts the reference's shown detections that ours match."""
-        their_boxes, their_classes = theirs
-        self.compared += len(their_boxes)
-        if not len(their_boxes) or not len(ours[0]):
-            return
-        overlaps = np.asarray(iou(tf.constant(their_boxes, tf.float32),
-                                  tf.constant(ours[0], tf.float32)))
-        same = (overlaps >= SAME_BOX_IOU) & (their_classes[:, None] == ours[1][None])
-        self.agreed += int(same.any(1).sum())
+        self.compared += len(theirs[0])
+        self.agreed += same_detections(*theirs, *ours, SAME_BOX_IOU)
 
     def finish(self) -> None:
         self.figures = self.score.result()
