@@ -29,6 +29,7 @@ from mnv3.training.best import BestModel
 from mnv3.training.keeper import RETRY_HINT, CheckpointKeeper, FiniteGuard, Position
 from mnv3.training.logs import TrainingLog
 from mnv3.training.phases import Phases, backbone_variables, frozen_batch_norm
+from mnv3.training.step_calls import train_calls
 from mnv3.training.strategy import distribute, is_chief
 
 SUM = tf.distribute.ReduceOp.SUM
@@ -90,12 +91,12 @@ class Trainer:
         cfg = self.cfg
         self.kernels = (optim.decayed_weights(self.model, cfg.train.decay_depthwise)
                         if optim.uses_l2_loss(cfg.train) else [])
-        # One step may be XLA-compiled; the loop around it reads an iterator, which
-        # XLA cannot, so it is a function of its own.
-        self._train_batch = tf.function(
-            lambda batch: self._on_all_replicas(self._replica_train_step, batch),
-            jit_compile=cfg.runtime.jit_compile or None)
-        self.train_batches = tf.function(self._train_batches)
+        step = lambda batch: self._on_all_replicas(self._replica_train_step, batch)  # noqa: E731
+        # One step may be XLA-compiled; the call around it reads an iterator, which
+        # XLA cannot, so the step is then a function of its own.
+        self.train_batches = train_calls(
+            tf.function(step, jit_compile=True) if cfg.runtime.jit_compile else step,
+            self.position.batches_done, self.metrics, cfg.train.steps_per_execution)
         self.eval_batch = None  # traced by evaluate(), for its data's spec
 
     # --- steps -----------------------------------------------------------------
@@ -128,23 +129,6 @@ class Trainer:
         sums, kept = self.strategy.run(self._replica_eval_step, args=batch)
         return ({k: self.strategy.reduce(SUM, v, axis=None) for k, v in sums.items()},
                 tuple(self.strategy.gather(v, axis=0) for v in kept))
-
-    def _train_batches(self, iterator, count):
-        """Up to `count` training steps in one call (traced once; `count` is a
-        tensor). It stops after a step whose loss is not finite: no further
-        update lands on top of it. Returns the metric sums over the steps taken,
-        how many were taken, and the last loss."""
-        sums = metrics_lib.zeros(self.metrics)
-        taken, loss = tf.constant(0), tf.constant(0.0)
-        for _ in tf.range(count):
-            out = self._train_batch(next(iterator))
-            sums = {k: sums[k] + out[k] for k in sums}
-            taken += 1
-            loss = out["loss"] / out[metrics_lib.COUNT]
-            self.position.batches_done.assign_add(1)
-            if not tf.math.is_finite(loss):
-                break
-        return sums, taken, loss
 
     def _on_all_replicas(self, step_fn, batch):
         """Runs `step_fn` on every replica and sums its counts across them."""
