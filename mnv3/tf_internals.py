@@ -49,7 +49,7 @@ def tflite_schema():
         raise InternalMissing("tensorflow.lite.python.schema_py_generated",
                               "cannot be imported") from None
     for name in ("ModelT", "OperatorT", "OperatorCodeT", "BufferT", "BuiltinOperator",
-                 "TensorType"):
+                 "TensorType", "SignatureDefT", "TensorMapT"):
         if not hasattr(schema_py_generated, name):
             raise InternalMissing("tensorflow.lite.python.schema_py_generated",
                                   f"has no {name}")
@@ -66,6 +66,12 @@ def _flatbuffer_utils():
         if not hasattr(flatbuffer_utils, name):
             raise InternalMissing("tensorflow.lite.tools.flatbuffer_utils", f"has no {name}")
     return flatbuffer_utils
+
+
+def check_tflite_editing() -> None:
+    """Raises InternalMissing unless a .tflite can be read, edited and written."""
+    tflite_schema()
+    _flatbuffer_utils()
 
 
 def read_tflite(tflite: bytes):

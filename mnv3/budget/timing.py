@@ -74,8 +74,7 @@ def convert_candidate(cfg: Config, candidate: Candidate, source, folder: str) ->
             calibration = [x.numpy().astype(np.float32) for x in
                            pipeline.calibration(cfg.budget.calibration_images)]
         mode = modes.get("int8", cfg.export.int8_input, cfg.export.int8_output)
-        with Graphs(model, c_cfg, task) as graphs:
-            tflite = convert_model(graphs, mode, calibration)
+        tflite = convert_model(Graphs(model, c_cfg, task), mode, calibration)
         write_atomically(os.path.join(folder, candidate.name + ".tflite"), tflite)
         row["size_mb"] = round(len(tflite) / 2**20, 3)
     except Exception as e:  # one candidate that cannot be made is a row, not the end

@@ -11,7 +11,6 @@ import glob
 import os
 import shutil
 import statistics
-import tempfile
 import time
 from functools import partial
 from typing import Callable, Iterator
@@ -32,7 +31,7 @@ from mnv3.run_dir import RunDir
 from mnv3.tasks import Task
 from mnv3.tflite import modes
 from mnv3.tflite.check import check_out_of_process
-from mnv3.tflite.convert import convert, save_graph
+from mnv3.tflite.convert import convert
 from mnv3.tflite.evaluate import TFLiteModel
 from mnv3.tflite.graph import ExportGraph, export_graph, scale_input
 from mnv3.tflite.modes import Mode
@@ -58,11 +57,10 @@ def run(cfg: Config, model_dir: str) -> dict:
         staging = make_staging_dir(model_dir, STAGING)
         try:
             data = collect(cfg, task)
-            with Graphs(trained, cfg, task) as graphs:
-                target = Target(graphs, labels, staging)
-                keras, reference = keras_row(target, data, run_dir.best_model)
-                exported = [export_mode(target, mode, data, reference)
-                            for mode in modes.from_config(cfg.export)]
+            target = Target(Graphs(trained, cfg, task), labels, staging)
+            keras, reference = keras_row(target, data, run_dir.best_model)
+            exported = [export_mode(target, mode, data, reference)
+                        for mode in modes.from_config(cfg.export)]
             time_in_turns(exported, cfg.export.latency_runs)
             rows = [keras] + [row for row, _ in exported]
             write_atomically(os.path.join(staging, "labels.txt"), "\n".join(labels) + "\n")
@@ -153,33 +151,21 @@ def collect(cfg: Config, task: Task) -> EvalData:
 # --- 2. each mode ------------------------------------------------------------------
 
 class Graphs:
-    """Each mode's export graph (tflite/graph.py), built and written for the
-    converter once per kind: float32, fp16 and dynamic convert the same float
-    graph, and a SavedModel write costs about what a conversion does. A
-    context manager: the written graphs are removed on leaving it."""
+    """Each mode's export graph (tflite/graph.py), built once per kind: float32,
+    fp16 and dynamic convert the same float graph."""
 
     def __init__(self, trained, cfg: Config, task: Task):
         self.trained, self.cfg, self.task = trained, cfg, task
-        self._folder = tempfile.TemporaryDirectory(prefix="mnv3-graphs-")
-        self._made: dict[tuple, tuple[ExportGraph, str, object]] = {}
+        self._made: dict[tuple, tuple[ExportGraph, object]] = {}
 
-    def __enter__(self) -> "Graphs":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._folder.cleanup()
-
-    def get(self, mode: Mode) -> tuple[ExportGraph, str, object]:
-        """(the graph for `mode`, the SavedModel it was written to, the task's
-        serving function around it: see convert)."""
+    def get(self, mode: Mode) -> tuple[ExportGraph, object]:
+        """(the graph for `mode`, the task's serving function around it: see
+        convert)."""
         key = (mode.integer, mode.quantized_input)  # all export_graph reads of a mode
         if key not in self._made:
             graph = export_graph(self.trained, partial(self.task.build, self.cfg), mode,
                                  float_stem=self.cfg.export.int8_float_stem)
-            serve = self.task.export.serving(graph.model)
-            saved = os.path.join(self._folder.name, str(len(self._made)))
-            save_graph(graph.model, saved, serve)
-            self._made[key] = (graph, saved, serve)
+            self._made[key] = (graph, self.task.export.serving(graph.model))
         return self._made[key]
 
 
@@ -269,7 +255,7 @@ def convert_model(graphs: Graphs, mode: Mode, calibration: list,
     rewrites, the calibration (`calibration`: HxWx3 pixels 0..255) and the
     conversion that every exported file goes through."""
     cfg, task = graphs.cfg, graphs.task
-    graph, saved, serve = graphs.get(mode)
+    graph, serve = graphs.get(mode)
     samples = [(scale_input(x) if mode.quantized_input else x)[None]
                for x in calibration] if mode.integer else []
     return convert(graph.model, mode, samples,
@@ -277,7 +263,7 @@ def convert_model(graphs: Graphs, mode: Mode, calibration: list,
                    output_range=task.export.output_range(), float_ops=task.export.float_ops,
                    float_layers=graph.float_layers,
                    trained_ranges=graph.ranges if cfg.export.int8_ranges == "trained"
-                   else None, provenance=provenance, serve=serve, saved=saved)
+                   else None, provenance=provenance, serve=serve)
 
 
 def _stacked(outputs: list):

@@ -1,8 +1,8 @@
 """Keras model -> TFLite flatbuffer, one quantization mode at a time.
 
 Only built-in TFLite ops are allowed (no Flex / SELECT_TF_OPS, which Android apps
-without the Flex delegate cannot run); the model goes through a SavedModel with
-one named signature, so the .tflite has a `serving_default` signature with input
+without the Flex delegate cannot run). The converter reads the traced serving
+function itself, and the .tflite gets a `serving_default` signature with input
 `image` and output `probabilities` (or the outputs a task's own serving function
 names: a detector's boxes, classes, scores and count).
 """
@@ -27,15 +27,39 @@ SIGNATURE = "serving_default"
 
 
 def save_graph(model: keras.Model, directory: str, serve=None) -> None:
-    """`model` as the SavedModel the converter reads (`serve`: see convert)."""
-    spec = tf.TensorSpec(model.input.shape, tf.float32, name="image")
+    """`model` as a SavedModel with the signature the .tflite gets (`serve`: see
+    convert)."""
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        name=SIGNATURE,
-        fn=serve or (lambda image: {"probabilities": model(image, training=False)}),
-        input_signature=[spec])
+    archive.add_endpoint(name=SIGNATURE, fn=_serving(model, serve),
+                         input_signature=[_image_spec(model)])
     archive.write_out(directory, verbose=False)
+
+
+def _image_spec(model: keras.Model) -> tf.TensorSpec:
+    return tf.TensorSpec(model.input.shape, tf.float32, name="image")
+
+
+def _serving(model: keras.Model, serve=None):
+    return serve or (lambda image: {"probabilities": model(image, training=False)})
+
+
+def _converter(model: keras.Model, serve, folder: str):
+    """A converter for `model` (and `serve`), through a SavedModel in `folder`
+    only where that is needed, and whether the file will need its signature
+    written in. From the traced function itself the converter
+    gives the same ops and values about 4 s sooner per file (BENCHMARKS.md,
+    test suite, session 22), but no signature: convert writes it in after. A
+    serving function that declares TFLite ops (a detector's post-processing)
+    needs the SavedModel importer, the only one that fuses them, and so does a
+    TensorFlow where the signature cannot be written (mnv3.tf_internals)."""
+    if serve is None and rewrite.can_edit():
+        function = tf.function(_serving(model)).get_concrete_function(_image_spec(model))
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+        converter.experimental_lower_to_saved_model = False
+        return converter, True
+    save_graph(model, folder, serve)
+    return tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=[SIGNATURE]), False
 
 
 def convert(model: keras.Model, mode: Mode, samples: Sequence[np.ndarray] = (),
@@ -45,7 +69,7 @@ def convert(model: keras.Model, mode: Mode, samples: Sequence[np.ndarray] = (),
             float_layers: Sequence[str] = (),
             trained_ranges: dict | None = None,
             provenance: dict | None = None,
-            serve=None, saved: str | None = None) -> bytes:
+            serve=None) -> bytes:
     """The .tflite bytes of `model` in `mode`. An integer mode calibrates on
     `samples` (model inputs, batch 1), with activation ranges at `percentile`,
     the input's range fixed at mode.input_range and the output's at
@@ -56,42 +80,44 @@ def convert(model: keras.Model, mode: Mode, samples: Sequence[np.ndarray] = (),
     calibrated ranges; `provenance` gets the counts of each. `serve`: image ->
     {output name: tensor} around `model`, for a file whose outputs are not the
     model's own (tflite/postprocess.py); its TFLite custom ops are allowed
-    (TFLite's own detection post-processing, which every runtime has).
-    `saved`: where save_graph already wrote `model` and `serve` (modes that
-    share a graph share the write); None writes them here."""
-    with tempfile.TemporaryDirectory() as tmp:
-        if saved is None:
-            saved = tmp
-            save_graph(model, saved, serve)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[SIGNATURE])
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        converter.allow_custom_ops = serve is not None
-        if mode.optimize:
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if mode.weight_type:
-            converter.target_spec.supported_types = [tf.as_dtype(mode.weight_type)]
-        warnings = []
-        try:
-            # The converter reports some errors only as native "error:" lines and
-            # returns a model anyway: such a model is a failure, not a result.
-            with captured_stderr() as log:
-                if mode.integer:
-                    tflite = calibrate.int8_model(converter, samples, percentile, mode,
-                                                  output_range, warnings, float_ops,
-                                                  float_layers,
-                                                  (model, trained_ranges) if trained_ranges
-                                                  else None, provenance)
-                else:
-                    tflite = converter.convert()
-        except UserError:
-            raise
-        except Exception as e:  # the converter raises many types; name the mode
-            raise UserError(f"TFLite conversion ({mode.name}) failed: {first_line(e, 300)}") \
-                from None
-        if log.errors():
-            sys.stderr.write(log.text)
-            raise UserError(f"TFLite conversion ({mode.name}) reported an error: "
-                            f"{log.errors()[0][:300]}")
+    (TFLite's own detection post-processing, which every runtime has)."""
+    with tempfile.TemporaryDirectory() as folder:
+        converter, unsigned = _converter(model, serve, folder)
+        tflite = _convert(converter, mode, samples, percentile, output_range, float_ops,
+                          float_layers, (model, trained_ranges) if trained_ranges else None,
+                          provenance, custom_ops=serve is not None)
+    return rewrite.with_signature(tflite, SIGNATURE, ["image"], ["probabilities"]) \
+        if unsigned else tflite
+
+
+def _convert(converter, mode: Mode, samples, percentile, output_range, float_ops,
+             float_layers, trained, provenance, custom_ops: bool) -> bytes:
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.allow_custom_ops = custom_ops
+    if mode.optimize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode.weight_type:
+        converter.target_spec.supported_types = [tf.as_dtype(mode.weight_type)]
+    warnings = []
+    try:
+        # The converter reports some errors only as native "error:" lines and
+        # returns a model anyway: such a model is a failure, not a result.
+        with captured_stderr() as log:
+            if mode.integer:
+                tflite = calibrate.int8_model(converter, samples, percentile, mode,
+                                              output_range, warnings, float_ops,
+                                              float_layers, trained, provenance)
+            else:
+                tflite = converter.convert()
+    except UserError:
+        raise
+    except Exception as e:  # the converter raises many types; name the mode
+        raise UserError(f"TFLite conversion ({mode.name}) failed: {first_line(e, 300)}") \
+            from None
+    if log.errors():
+        sys.stderr.write(log.text)
+        raise UserError(f"TFLite conversion ({mode.name}) reported an error: "
+                        f"{log.errors()[0][:300]}")
     if mode.integer:
         try:
             tflite = rewrite.uint8_input_through_float(tflite)
