@@ -106,6 +106,26 @@ def test_every_private_tensorflow_api_is_present():
     assert tf_internals.problems() == {}
 
 
+def test_a_file_converted_from_its_traced_function_has_the_signature_apps_look_up():
+    # A classifier converts from its traced function, which gives no signature
+    # of its own: mnv3 writes it in (tflite/convert.py, tflite/rewrite.py).
+    import keras
+
+    from mnv3.tflite import rewrite
+
+    image = keras.Input((8, 8, 3), batch_size=1, name="image")
+    model = keras.Model(image, keras.layers.Dense(4, activation="softmax")(
+        keras.layers.Flatten()(image)))
+    tflite = convert(model, modes.get("float32"))
+    interpreter = TFLiteModel(tflite).runner
+    assert interpreter.get_signature_list() == {
+        "serving_default": {"inputs": ["image"], "outputs": ["probabilities"]}}
+    pixels = np.random.default_rng(0).uniform(0, 1, (1, 8, 8, 3)).astype("float32")
+    out = interpreter.get_signature_runner("serving_default")(image=pixels)["probabilities"]
+    np.testing.assert_allclose(out, model(pixels).numpy(), atol=1e-6)
+    assert rewrite.with_signature(tflite, "other", ["x"], ["y"]) == tflite  # it has one
+
+
 @pytest.mark.parametrize("module, name", [
     ("tensorflow.lite.python.convert", "mlir_quantize"),  # a function gone
     ("tensorflow.lite.tools", "flatbuffer_utils"),  # a module gone

@@ -45,14 +45,14 @@ def _serving(model: keras.Model, serve=None):
 
 
 def _converter(model: keras.Model, serve, folder: str):
-    """A converter for `model` (and `serve`), through a SavedModel in `folder`
-    only where that is needed, and whether the file will need its signature
-    written in. From the traced function itself the converter
-    gives the same ops and values about 4 s sooner per file (BENCHMARKS.md,
-    test suite, session 22), but no signature: convert writes it in after. A
-    serving function that declares TFLite ops (a detector's post-processing)
-    needs the SavedModel importer, the only one that fuses them, and so does a
-    TensorFlow where the signature cannot be written (mnv3.tf_internals)."""
+    """A converter for `model` (and `serve`), and whether the file it makes
+    will need its signature written in. From the traced function itself, the
+    converter gives the same ops and values as through a SavedModel written to
+    `folder` and read back, about 4 s sooner per file (BENCHMARKS.md, export
+    time), but no signature. The SavedModel stays the way for a serving
+    function that declares TFLite ops (a detector's post-processing: only that
+    importer fuses them) and where the signature cannot be written
+    (mnv3.tf_internals)."""
     if serve is None and rewrite.can_edit():
         function = tf.function(_serving(model)).get_concrete_function(_image_spec(model))
         converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)

@@ -87,10 +87,12 @@ def with_signature(tflite: bytes, key: str, inputs: Sequence[str],
     outputs, in their order; unchanged if it has a signature already."""
     schema = tf_internals.tflite_schema()
     model = tf_internals.read_tflite(tflite)
-    graph = model.subgraphs[0]
-    if model.signatureDefs or (len(graph.inputs), len(graph.outputs)) != \
-            (len(inputs), len(outputs)):
+    if model.signatureDefs:
         return tflite
+    graph = model.subgraphs[0]
+    if (len(graph.inputs), len(graph.outputs)) != (len(inputs), len(outputs)):
+        raise ValueError(f"{len(graph.inputs)} inputs and {len(graph.outputs)} outputs "
+                         f"to name, not {len(inputs)} and {len(outputs)}")
 
     def tensor_map(name: str, index) -> object:
         entry = schema.TensorMapT()

@@ -19,8 +19,8 @@ def train_calls(step: Callable, batches_done: tf.Variable, metrics: list,
     loss is not finite: no further update lands on top of it."""
     if steps_per_call == 1:
         # The step alone, without a loop, as Keras' fit does: the loop's graph
-        # costs about 3 s more to build and optimise at every trace (each run,
-        # each phase), for a loop that would run once.
+        # took 2-3 s more to build and optimise at every trace (each run, each
+        # phase; BENCHMARKS.md, test suite), for a loop that would run once.
         @tf.function
         def one(iterator):
             out = step(next(iterator))
