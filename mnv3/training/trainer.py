@@ -1,6 +1,7 @@
 """The train / eval loop: one code path for one device, several GPUs and several
 machines. A plain tf.function step under `strategy.run` (Keras 3's `model.fit`
-fails under MultiWorkerMirroredStrategy, keras-team/keras#20585), checkpoints by
+fails under MultiWorkerMirroredStrategy, keras-team/keras#20585), called one or
+several steps at a time (step_calls.py), checkpoints by
 tf.train.CheckpointManager (keeper.py), best.keras (best.py), logs (logs.py),
 EMA by ema.py.
 """
