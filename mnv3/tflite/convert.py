@@ -48,8 +48,8 @@ def _converter(model: keras.Model, serve, folder: str):
     """A converter for `model` (and `serve`), and whether the file it makes
     will need its signature written in. From the traced function itself, the
     converter gives the same ops and values as through a SavedModel written to
-    `folder` and read back, about 4 s sooner per file (BENCHMARKS.md, export
-    time), but no signature. The SavedModel stays the way for a serving
+    `folder` and read back, in less time (BENCHMARKS.md, export time), but no
+    signature. The SavedModel stays the way for a serving
     function that declares TFLite ops (a detector's post-processing: only that
     importer fuses them) and where the signature cannot be written
     (mnv3.tf_internals)."""

@@ -17,15 +17,19 @@ def train_calls(step: Callable, batches_done: tf.Variable, metrics: list,
     that takes up to `count` steps (`step`: a batch -> its metric sums) from
     `iterator`, counting each in `batches_done`. It stops after a step whose
     loss is not finite: no further update lands on top of it."""
+    def take_one(iterator):
+        out = step(next(iterator))
+        batches_done.assign_add(1)
+        return out, out["loss"] / out[metrics_lib.COUNT]
+
     if steps_per_call == 1:
         # The step alone, without a loop, as Keras' fit does: the loop's graph
-        # took 2-3 s more to build and optimise at every trace (each run, each
+        # took seconds more to build and optimise at every trace (each run, each
         # phase; BENCHMARKS.md, test suite), for a loop that would run once.
         @tf.function
         def one(iterator):
-            out = step(next(iterator))
-            batches_done.assign_add(1)
-            return out, tf.constant(1), out["loss"] / out[metrics_lib.COUNT]
+            out, loss = take_one(iterator)
+            return out, tf.constant(1), loss
         return lambda iterator, count: one(iterator)
 
     @tf.function
@@ -33,11 +37,9 @@ def train_calls(step: Callable, batches_done: tf.Variable, metrics: list,
         sums = metrics_lib.zeros(metrics)
         taken, loss = tf.constant(0), tf.constant(0.0)
         for _ in tf.range(count):
-            out = step(next(iterator))
+            out, loss = take_one(iterator)
             sums = {k: sums[k] + out[k] for k in sums}
             taken += 1
-            loss = out["loss"] / out[metrics_lib.COUNT]
-            batches_done.assign_add(1)
             if not tf.math.is_finite(loss):
                 break
         return sums, taken, loss
