@@ -120,6 +120,51 @@ def _mediapipe_detections(path, images):
                 for image in images]
 
 
+def test_the_appended_post_processing_computes_what_the_converter_fuses(monkeypatch):
+    """A detector converts from its traced function, and the post-processing op
+    is written in after (tflite/postprocess.py); where the file cannot be
+    edited, the converter fuses the op declared in a SavedModel. Both files
+    give the same detections, from ops with the same settings."""
+    import keras
+    from flatbuffers import flexbuffers
+
+    from mnv3 import tf_internals
+    from mnv3.tflite import modes, postprocess, rewrite
+    from mnv3.tflite.convert import convert
+
+    image = keras.Input((8, 8, 3), batch_size=1)  # rows for 12 anchors of 3 classes
+    rows = keras.layers.Reshape((12, 8))(keras.layers.Conv2D(24, 4, strides=4)(image))
+    model = keras.Model(image, rows)
+    model.layers[1].set_weights([w * 30 for w in model.layers[1].get_weights()])
+    anchors = AnchorSpec().anchors([(2, 2), (1, 1)])[:12]
+    serve = postprocess.DetectorServing(model, anchors, num_classes=3)
+    files = {"appended": convert(model, modes.get("float32"), serve=serve)}
+    monkeypatch.setattr(rewrite, "can_edit", lambda: False)
+    files["declared"] = convert(model, modes.get("float32"), serve=serve)
+
+    def options(tflite):
+        (op,) = [o for o in tf_internals.read_tflite(tflite).subgraphs[0].operators
+                 if o.customOptions is not None]
+        return flexbuffers.Loads(bytes(op.customOptions))
+    declared, appended = options(files["declared"]), options(files["appended"])
+    # (the converter drops detections_per_class, which only the regular NMS reads)
+    assert declared == {k: v for k, v in appended.items() if k in declared}
+    assert len(declared) >= 10
+
+    runners = {k: TFLiteModel(v) for k, v in files.items()}
+    found = 0
+    for seed in range(4):
+        pixels = np.random.default_rng(seed).uniform(0, 255, (8, 8, 3)).astype(np.float32)
+        out = {k: runner(pixels) for k, runner in runners.items()}
+        count = int(out["declared"]["num_detections"])
+        assert int(out["appended"]["num_detections"]) == count
+        for name in postprocess.OUTPUTS[:3]:  # rows past the count are not written
+            np.testing.assert_array_equal(out["appended"][name][:count],
+                                          out["declared"][name][:count])
+        found += count
+    assert found > 4
+
+
 @pytest.mark.slow
 def test_mediapipe_object_detector_finds_what_our_interpreter_finds(detector):
     model_dir, _ = detector
@@ -219,7 +264,9 @@ def test_the_mediapipe_benchmark_matches_the_same_detections_on_the_same_pixels(
 
     model_dir, _ = detector
     photos = []
-    for k, image in enumerate(_photos(64, 3)):  # at the input size: MediaPipe resizes nothing
+    # At the input size (MediaPipe resizes nothing); the 8 photos the other MediaPipe
+    # test reads: the tiny model's detections on 3 were 7 to over 10, run to run.
+    for k, image in enumerate(_photos(64)):
         photos.append(str(tmp_path / f"photo{k}.png"))
         Image.fromarray(image).save(photos[-1])
     path = glob.glob(os.path.join(model_dir, "export", "*_int8.tflite"))[0]

@@ -44,7 +44,8 @@ class DetectionExport(TaskExport):
         return model.output.shape[-1] - 5  # box codes and background before the classes
 
     def serving(self, model):
-        return postprocess.serving(model, self.task.anchors.numpy(), self.cfg.data.num_classes)
+        return postprocess.DetectorServing(model, self.task.anchors.numpy(),
+                                           self.cfg.data.num_classes)
 
     def metadata(self, tflite: bytes, **fields) -> bytes:
         return metadata.add_metadata(

@@ -45,21 +45,25 @@ def _serving(model: keras.Model, serve=None):
 
 
 def _converter(model: keras.Model, serve, folder: str):
-    """A converter for `model` (and `serve`), and whether the file it makes
-    will need its signature written in. From the traced function itself, the
-    converter gives the same ops and values as through a SavedModel written to
-    `folder` and read back, in less time (BENCHMARKS.md, export time), but no
-    signature. The SavedModel stays the way for a serving
-    function that declares TFLite ops (a detector's post-processing: only that
-    importer fuses them) and where the signature cannot be written
-    (mnv3.tf_internals)."""
-    if serve is None and rewrite.can_edit():
-        function = tf.function(_serving(model)).get_concrete_function(_image_spec(model))
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
-        converter.experimental_lower_to_saved_model = False
-        return converter, True
-    save_graph(model, folder, serve)
-    return tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=[SIGNATURE]), False
+    """A converter for `model` (and `serve`), and the edit the file it makes
+    needs after (None: none). From the traced function itself, the converter
+    gives the same ops and values as through a SavedModel written to `folder`
+    and read back, in less time (BENCHMARKS.md, export time), but no signature
+    and no TFLite custom op: both are written into the file after. Where the
+    file cannot be edited (mnv3.tf_internals), the SavedModel is the way: its
+    importer fuses the op that `serve` declares."""
+    if not rewrite.can_edit():
+        save_graph(model, folder, serve)
+        return tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=[SIGNATURE]), None
+    function = tf.function(serve.head if serve else _serving(model)).get_concrete_function(
+        _image_spec(model))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    converter.experimental_lower_to_saved_model = False
+    if serve is None:
+        return converter, lambda tflite: rewrite.with_signature(
+            tflite, SIGNATURE, ["image"], ["probabilities"])
+    return converter, lambda tflite: rewrite.with_signature(
+        serve.finish(tflite), SIGNATURE, ["image"], list(serve.outputs))
 
 
 def convert(model: keras.Model, mode: Mode, samples: Sequence[np.ndarray] = (),
@@ -82,12 +86,11 @@ def convert(model: keras.Model, mode: Mode, samples: Sequence[np.ndarray] = (),
     model's own (tflite/postprocess.py); its TFLite custom ops are allowed
     (TFLite's own detection post-processing, which every runtime has)."""
     with tempfile.TemporaryDirectory() as folder:
-        converter, unsigned = _converter(model, serve, folder)
+        converter, finish = _converter(model, serve, folder)
         tflite = _convert(converter, mode, samples, percentile, output_range, float_ops,
                           float_layers, (model, trained_ranges) if trained_ranges else None,
-                          provenance, custom_ops=serve is not None)
-    return rewrite.with_signature(tflite, SIGNATURE, ["image"], ["probabilities"]) \
-        if unsigned else tflite
+                          provenance, custom_ops=serve is not None and finish is None)
+    return finish(tflite) if finish else tflite
 
 
 def _convert(converter, mode: Mode, samples, percentile, output_range, float_ops,

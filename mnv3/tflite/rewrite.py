@@ -104,3 +104,42 @@ def with_signature(tflite: bytes, key: str, inputs: Sequence[str],
     signature.outputs = [tensor_map(n, i) for n, i in zip(outputs, graph.outputs)]
     model.signatureDefs = [signature]
     return tf_internals.write_tflite(model)
+
+
+def with_custom_op(tflite: bytes, name: str, options: bytes,
+                   constants: Sequence[np.ndarray], output_shapes: Sequence[tuple]) -> bytes:
+    """`tflite` with the custom op `name` appended: its inputs the graph's
+    outputs then `constants` (float32), its float32 outputs of `output_shapes`
+    the graph's new outputs; `options`, the op's FlexBuffer settings."""
+    schema = tf_internals.tflite_schema()
+    model = tf_internals.read_tflite(tflite)
+    graph = model.subgraphs[0]
+
+    def tensor(shape, tensor_name: str, data: np.ndarray | None = None) -> int:
+        made = schema.TensorT()
+        made.shape = np.array(shape, np.int32)
+        made.type, made.name = schema.TensorType.FLOAT32, tensor_name
+        buffer = schema.BufferT()
+        if data is not None:
+            buffer.data = np.frombuffer(np.ascontiguousarray(data, np.float32).tobytes(),
+                                        np.uint8)
+        model.buffers.append(buffer)
+        made.buffer = len(model.buffers) - 1
+        graph.tensors.append(made)
+        return len(graph.tensors) - 1
+
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+    code.customCode, code.version = name, 1
+    model.operatorCodes.append(code)
+    op = schema.OperatorT()
+    op.opcodeIndex = len(model.operatorCodes) - 1
+    op.inputs = np.array([*graph.outputs, *(tensor(c.shape, f"{name}/constant{i}", c)
+                                            for i, c in enumerate(constants))], np.int32)
+    op.outputs = np.array([tensor(shape, f"{name}/output{i}")
+                           for i, shape in enumerate(output_shapes)], np.int32)
+    op.customOptions = np.frombuffer(options, np.uint8)
+    op.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
+    graph.operators.append(op)
+    graph.outputs = op.outputs.copy()
+    return tf_internals.write_tflite(model)

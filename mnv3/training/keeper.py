@@ -36,7 +36,8 @@ class FiniteGuard:
     def __init__(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
         self.probe = None  # a few fixed images, set before the first save
-        self._scores = tf.function(lambda images: self.model(images, training=False))
+        self._scores = tf.function(lambda images: self.model(images, training=False),
+                                   autograph=False)
 
     def probe_with(self, eval_data) -> None:
         """The first batch of `eval_data` becomes the probe (weights can be

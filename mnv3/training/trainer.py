@@ -146,7 +146,7 @@ class Trainer:
             data = distribute(self.strategy, self.pipeline.eval())
             # The spec leaves the batch size open: the last batch needs no trace of its own.
             self.eval_batch = self.eval_batch or tf.function(
-                self._eval_batch, input_signature=[data.element_spec])
+                self._eval_batch, input_signature=[data.element_spec], autograph=False)
             for batch in data:
                 out, kept = self.eval_batch(batch)  # sums stay on the device till the end
                 sums = {k: sums[k] + out[k] for k in sums}
