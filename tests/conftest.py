@@ -27,12 +27,31 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 
+# The trained runs that tests share (session fixtures, each built once), the
+# largest group of tests first. Under pytest-xdist (--dist loadgroup,
+# pyproject.toml) the tests of one run go to one worker as a group: it builds
+# the run and uses it, and no other worker waits on the run's lock meanwhile.
+SHARED_RUNS = ("learned_run", "detector", "segmenter", "safety_run")
+
+
+def _shared_run(item):
+    return next((run for run in SHARED_RUNS if run in item.fixturenames), None)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
-    """The tests that need a shared trained run go first: under pytest-xdist one
-    worker builds it while the other starts on the rest, instead of waiting."""
-    shared = {"learned_run", "exported", "pretrained_run", "segmenter", "detector"}
-    items.sort(key=lambda item: 0 if shared & set(item.fixturenames)
-               else 1 if item.get_closest_marker("slow") else 2)
+    """The groups first, then the other slow tests, then the fast ones: the
+    workers take them in this order, so the last to go are short ones and
+    neither worker idles at the end while the other runs a long test."""
+    for item in items:
+        if _shared_run(item):
+            item.add_marker(pytest.mark.xdist_group(_shared_run(item)))
+
+    def order(item):
+        run = _shared_run(item)
+        return SHARED_RUNS.index(run) if run else \
+            len(SHARED_RUNS) + (0 if item.get_closest_marker("slow") else 1)
+    items.sort(key=order)
 
 
 def pytest_configure(config):
