@@ -176,14 +176,28 @@ def test_a_training_set_smaller_than_a_batch_says_so(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_run_without_checkpoints_takes_a_corrected_config(tmp_path):
+def test_a_diverged_run_takes_a_corrected_config_and_keeps_its_last_good_checkpoint(tmp_path):
     model_dir = tmp_path / "run"
     diverges = ["train.optimizer=sgd", "train.learning_rate=10", "train.base_batch_size=1",
-                "train.warmup_epochs=0", "train.schedule=constant"]
+                "train.warmup_epochs=0", "train.schedule=constant",
+                "train.checkpoint_every_steps=0"]
     with pytest.raises(UserError, match="training loss became"):
-        train_run(tiny_cfg(*SMALL, "train.checkpoint_every_steps=0", *diverges),
-                  str(model_dir))
+        train_run(tiny_cfg(*SMALL, *diverges), str(model_dir))
     assert (model_dir / "config.yaml").exists() and not on_disk(model_dir)
     # Only a real checkpoint holds a run directory to its config.
-    train_run(tiny_cfg(*SMALL, "train.epochs=1"), str(model_dir))
+    train_run(tiny_cfg(*SMALL, "train.epochs=1", "train.optimizer=sgd"), str(model_dir))
     assert [r["epoch"] for r in read_metrics(model_dir)] == [1]
+    good = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+
+    # Resumed with the diverging settings: it stops in one line, and the last
+    # good checkpoint stays the newest, every number in it finite.
+    code, out = resume_cli(model_dir, *diverges, epochs=2)
+    assert code == 2 and "Traceback" not in out, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert "training loss became" in last and "checkpoint" in last
+    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")) == good
+    reader = tf.train.load_checkpoint(good)
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            assert np.isfinite(value).all(), name

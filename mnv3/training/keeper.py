@@ -36,8 +36,6 @@ class FiniteGuard:
     def __init__(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
         self.probe = None  # a few fixed images, set before the first save
-        self._scores = tf.function(lambda images: self.model(images, training=False),
-                                   autograph=False)
 
     def probe_with(self, eval_data) -> None:
         """The first batch of `eval_data` becomes the probe (weights can be
@@ -64,7 +62,9 @@ class FiniteGuard:
         """What holds NaN or inf (a variable, or the outputs on the probe), else None."""
         bad = self.non_finite_variable()
         if bad is None and self.probe is not None:
-            scores = tf.cast(self._scores(self.probe), tf.float32)
+            # Run eagerly: on a few images that costs less than tracing and
+            # optimising a graph for the handful of saves in a run.
+            scores = tf.cast(self.model(self.probe, training=False), tf.float32)
             if not bool(tf.reduce_all(tf.math.is_finite(scores))):
                 bad = "the model's outputs"
         return bad
