@@ -27,11 +27,12 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 
-# The trained runs that tests share (session fixtures, each built once), the
-# largest group of tests first. Under pytest-xdist (--dist loadgroup,
+# The trained runs that several tests share (fixtures built once), the largest
+# group of tests first. Under pytest-xdist (--dist loadgroup,
 # pyproject.toml) the tests of one run go to one worker as a group: it builds
 # the run and uses it, and no other worker waits on the run's lock meanwhile.
-SHARED_RUNS = ("learned_run", "detector", "segmenter", "safety_run")
+SHARED_RUNS = ("learned_run", "detector", "segmenter", "safety_run",
+               "schedule_run")  # (tests/test_training.py)
 
 
 def _shared_run(item):

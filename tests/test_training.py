@@ -75,12 +75,24 @@ def _fitted_trainer(tmp_path, cfg, pipeline=None):
     return trainer, run_dir
 
 
+@pytest.fixture(scope="module")
+def schedule_run(tmp_path_factory):
+    """One run for the two tests below: 3 epochs on 160 images, trained at 32,
+    32 then 48 px (data.train_image_sizes) and evaluated after epochs 2 and 3
+    (train.eval_every_epochs 2): (pipeline, trainer after fit(), run_dir)."""
+    from tests.conftest import make_pipeline
+
+    cfg = tiny_cfg("train.epochs=3", "data.synthetic_images=160",
+                   "data.train_image_sizes=[32,48]", "train.eval_every_epochs=2")
+    pipeline = make_pipeline(cfg)
+    return (pipeline, *_fitted_trainer(tmp_path_factory.mktemp("schedule"), cfg, pipeline))
+
+
 @pytest.mark.slow
-def test_eval_every_epochs_evaluates_on_its_epochs_and_the_last(tmp_path):
+def test_eval_every_epochs_evaluates_on_its_epochs_and_the_last(schedule_run, tmp_path):
     from mnv3.results.plots import curves_png
 
-    cfg = tiny_cfg("train.epochs=3", "data.synthetic_images=160", "train.eval_every_epochs=2")
-    trainer, run_dir = _fitted_trainer(tmp_path, cfg)
+    _, trainer, run_dir = schedule_run
     records = read_metrics(run_dir.path)
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert ["eval_top1" in r for r in records] == [False, True, True]
@@ -100,25 +112,26 @@ def test_resolution_schedule_stages():
 
 
 @pytest.mark.slow
-def test_a_resolution_schedule_trains_at_its_sizes_and_saves_at_image_size(tmp_path):
-    from tests.conftest import make_pipeline
+def test_a_resolution_schedule_trains_at_its_sizes_and_saves_at_image_size(schedule_run,
+                                                                          tmp_path):
+    from mnv3.training.best import BestModel
 
-    cfg = tiny_cfg("train.epochs=3", "data.synthetic_images=160",
-                   "data.train_image_sizes=[32,48]")
-    pipeline = make_pipeline(cfg)
+    pipeline, trainer, run_dir = schedule_run
     assert [tuple(pipeline.train(e).element_spec[0].shape[1:3]) for e in range(3)] == \
         [(32, 32), (32, 32), (48, 48)]
-    trainer, run_dir = _fitted_trainer(tmp_path, cfg, pipeline)
     records = read_metrics(run_dir.path)
     assert [r["train_image_size"] for r in records] == [32, 32, 48]
-    assert all(np.isfinite(r["train_loss"]) and r["eval_images"] > 0 for r in records)
+    assert all(np.isfinite(r["train_loss"]) for r in records)
+    assert [r.get("eval_images", 0) > 0 for r in records] == [False, True, True]
     # Evaluated and saved at data.image_size (64), as the export expects.
     saved = keras.saving.load_model(run_dir.best_model)
     assert tuple(saved.input.shape[1:]) == (64, 64, 3)
+    # The last epoch's weights (whatever eval chose), saved as best.keras is.
+    last = BestModel(str(tmp_path / "last.keras"), (64, 64), True, trainer.keeper)
+    last.save(trainer.model, 0.0)
     images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
-    trainer.best.save(trainer.model, 0.0)  # the last epoch's weights, whatever eval chose
     np.testing.assert_allclose(
-        keras.saving.load_model(run_dir.best_model)(images, training=False).numpy(),
+        keras.saving.load_model(last.path)(images, training=False).numpy(),
         trainer.model(images, training=False).numpy(), atol=1e-5)
 
 
