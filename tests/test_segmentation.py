@@ -296,12 +296,14 @@ def segmenter_cfg(*extra):
 
 @pytest.fixture(scope="session")
 def segmenter(tmp_path_factory):
-    """The tiny segmenter, trained and exported once for the tests below."""
+    """The tiny segmenter, trained and exported once for the tests below: its
+    last epoch in a second run, which resumes the first."""
     from mnv3.export.pipeline import run as export_run
     from mnv3.training import run as train_run
 
     def build(path):
         cfg = segmenter_cfg()
+        train_run(segmenter_cfg(f"train.epochs={cfg.train.epochs - 1}"), str(path))
         train_run(cfg, str(path))
         export_run(cfg, str(path))
 
@@ -430,24 +432,22 @@ def test_every_task_name_has_a_task():
 
 @pytest.mark.slow
 def test_a_segmentation_run_resumes_and_keeps_its_best_miou(segmenter, tmp_path):
-    """The classifier's trainer, unchanged: a finished run given one more epoch
-    resumes where it stopped, and best.keras follows eval mIoU across the restart."""
-    from mnv3.training import run
-
-    model_dir = tmp_path / "run"
-    shutil.copytree(segmenter[0], model_dir, ignore=shutil.ignore_patterns("export", "tb"))
+    """The classifier's trainer, unchanged: the segmenter's second run resumed
+    where the first stopped (no epoch twice), and best.keras followed eval mIoU
+    across the restart."""
+    records = [json.loads(line) for line in open(os.path.join(segmenter[0], "metrics.jsonl"))]
     epochs = segmenter_cfg().train.epochs
-    run(segmenter_cfg(f"train.epochs={epochs + 1}"), str(model_dir))
-    records = [json.loads(line) for line in open(model_dir / "metrics.jsonl")]
-    assert [r["epoch"] for r in records] == list(range(1, epochs + 2))
-    assert records[-1]["step"] == (epochs + 1) * records[0]["step"]
-    reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
+    assert [r["epoch"] for r in records] == list(range(1, epochs + 1))
+    assert records[-1]["step"] == epochs * records[0]["step"]
+    reader = tf.train.load_checkpoint(os.path.join(segmenter[0], "checkpoints"))
     best = reader.get_tensor("best_top1/.ATTRIBUTES/VARIABLE_VALUE")
     assert np.isclose(best, max(r["eval_miou"] for r in records))
     # The run holds a segmenter: a classifier's config is refused, not trained on it.
+    model_dir = tmp_path / "run"
+    shutil.copytree(segmenter[0], model_dir, ignore=shutil.ignore_patterns("export", "tb"))
     args = ["--config", QUICKSTART, "--model_dir", str(model_dir)]
     for item in TINY_SEG + ["task.name=classification", "data.num_classes=10",
-                            f"train.epochs={epochs + 2}"]:
+                            f"train.epochs={epochs + 1}"]:
         args += ["--set", item]
     assert_one_line_error(call_cli(cli.train, *args), "task.name='segmentation'")
 
