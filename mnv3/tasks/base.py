@@ -103,8 +103,9 @@ class TaskExport:
         return model.output.shape[-1]
 
     def serving(self, model):
-        """image -> {output name: tensor}: what the exported file computes around
-        the export graph `model`; None: the model's own output, `probabilities`."""
+        """What the exported file computes around the export graph `model`
+        (tflite/convert.py: a detector's tflite/postprocess.DetectorServing);
+        None: the model's own output, `probabilities`."""
         return None
 
     def metadata(self, tflite: bytes, **fields) -> bytes:

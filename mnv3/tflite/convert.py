@@ -81,10 +81,11 @@ def convert(model: keras.Model, mode: Mode, samples: Sequence[np.ndarray] = (),
     `float_ops` near it stay in float, and so do the Keras layers
     `float_layers` (calibrate.int8_model). `trained_ranges`: {layer: (low,
     high)} of a quantization-aware model, used where they match instead of
-    calibrated ranges; `provenance` gets the counts of each. `serve`: image ->
-    {output name: tensor} around `model`, for a file whose outputs are not the
-    model's own (tflite/postprocess.py); its TFLite custom ops are allowed
-    (TFLite's own detection post-processing, which every runtime has)."""
+    calibrated ranges; `provenance` gets the counts of each. `serve`: for a
+    file whose outputs are not the model's own, what it computes around
+    `model` (postprocess.DetectorServing: `head` converted, then `finish`ed;
+    called whole on the SavedModel way, whose TFLite custom ops are allowed:
+    TFLite's own detection post-processing, which every runtime has)."""
     with tempfile.TemporaryDirectory() as folder:
         converter, finish = _converter(model, serve, folder)
         tflite = _convert(converter, mode, samples, percentile, output_range, float_ops,
