@@ -73,6 +73,7 @@ class Pipeline:
         self.cfg = cfg
         self.task = task
         self._cached_train = None  # one in-memory cache, reused by every epoch
+        self._eval: dict = {}  # batch size -> the eval dataset, built (traced) once
 
     @property
     def class_names(self) -> list[str]:
@@ -131,10 +132,14 @@ class Pipeline:
                             mix=_mix(d, _epoch_seed(seed, epoch, "mix")))
 
     def eval(self, batch_size: int | None = None) -> tf.data.Dataset:
-        """The evaluation data with eval preprocessing, in a fixed order."""
-        ds = self.source.eval.make(None)
-        ds = ds.map(self.task.eval_view, num_parallel_calls=AUTOTUNE, deterministic=True)
-        return self._finish(ds, batch_size, training=False)
+        """The evaluation data with eval preprocessing, in a fixed order. The
+        same each time: made once, and each iteration reads it afresh (building
+        it again would trace its functions again, at every evaluation)."""
+        if batch_size not in self._eval:
+            ds = self.source.eval.make(None)
+            ds = ds.map(self.task.eval_view, num_parallel_calls=AUTOTUNE, deterministic=True)
+            self._eval[batch_size] = self._finish(ds, batch_size, training=False)
+        return self._eval[batch_size]
 
     def calibration(self, count: int) -> tf.data.Dataset:
         """`count` training images with eval preprocessing, one at a time: what int8
