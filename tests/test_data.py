@@ -248,6 +248,21 @@ def test_synthetic_is_balanced_and_deterministic():
     assert a.dtype == np.uint8 and a.std() > 30
 
 
+def test_a_small_synthetic_set_is_drawn_once_and_kept_read_only(monkeypatch):
+    from mnv3.data import synthetic
+
+    first, labels = synthetic.drawn(generate, 100, 32, seed=6)
+    again, _ = synthetic.drawn(generate, 100, 32, seed=6)
+    assert again is first  # kept, not drawn again
+    np.testing.assert_array_equal(first, generate(100, 32, seed=6)[0])  # what it draws
+    with pytest.raises(ValueError):  # shared with later sources: nobody writes to it
+        first[0, 0, 0, 0] = 1
+    assert synthetic.drawn(generate, 100, 32, seed=7)[0] is not first
+    # A set over the limit is drawn each time, not held in memory twice.
+    monkeypatch.setattr(synthetic, "KEEP_BYTES", 100)
+    assert synthetic.drawn(generate, 100, 32, seed=6)[0] is not first
+
+
 def test_tfrecord_converter_and_reader(tmp_path):
     root = make_folder(tmp_path / "imgs", per_class=5)
     out = tmp_path / "records"

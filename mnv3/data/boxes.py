@@ -229,8 +229,8 @@ def load_source(cfg: DataConfig, max_boxes: int, seed: int = 0) -> Source:
         if cfg.num_classes != len(names):
             raise UserError(f"data.num_classes is {cfg.num_classes} but the synthetic "
                             f"detection set has {len(names)} classes")
-        images, boxes, classes = synthetic.generate_boxes(cfg.synthetic_images,
-                                                          cfg.image_size, seed)
+        images, boxes, classes = synthetic.drawn(synthetic.generate_boxes, cfg.synthetic_images,
+                                                 cfg.image_size, seed)
         labels = _labels(Boxes([], boxes, classes, names), max_boxes, "synthetic")
         train, held = holdout(np.zeros(len(images)), cfg.val_fraction)
         return Source(in_memory_split(images[train], labels[train]),

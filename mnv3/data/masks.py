@@ -130,7 +130,8 @@ def load_source(cfg: DataConfig, seed: int = 0) -> Source:
         if cfg.num_classes != len(names):
             raise UserError(f"data.num_classes is {cfg.num_classes} but the synthetic "
                             f"segmentation set has {len(names)} classes")
-        images, masks = synthetic.generate_masks(cfg.synthetic_images, cfg.image_size, seed)
+        images, masks = synthetic.drawn(synthetic.generate_masks, cfg.synthetic_images,
+                                        cfg.image_size, seed)
         train, held = holdout(np.zeros(len(images)), cfg.val_fraction)
         return Source(_array_split(images[train], masks[train]),
                       _array_split(images[held], masks[held]), list(names))

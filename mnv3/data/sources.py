@@ -72,7 +72,8 @@ def file_split(paths, labels, dtype=np.int32) -> Split:
 
 def _synthetic(cfg: DataConfig, seed: int) -> Source:
     _check_classes(len(synthetic.CLASS_NAMES), cfg, "the synthetic dataset")
-    images, labels = synthetic.generate(cfg.synthetic_images, cfg.image_size, seed)
+    images, labels = synthetic.drawn(synthetic.generate, cfg.synthetic_images,
+                                     cfg.image_size, seed)
     train_idx, eval_idx = holdout(labels, cfg.val_fraction)
     return Source(in_memory_split(images[train_idx], labels[train_idx]),
                   in_memory_split(images[eval_idx], labels[eval_idx]),
