@@ -184,8 +184,8 @@ def _place_shape(rng, size: int, taken: np.ndarray, tries: int = 20):
 
 
 # Sets up to this size are kept once drawn (read-only), for the next source in
-# the process that asks for the same one: a budget search's candidates, a test
-# session's many runs. Drawing costs about 0.1 s per 400 images at 64 px.
+# the process that asks for the same one (a budget search's candidates, a test
+# session's many runs) instead of drawn again, pixel by pixel.
 KEEP_BYTES = 64 * 2**20
 
 

@@ -19,7 +19,7 @@ def train_calls(step: Callable, batches_done: tf.Variable, metrics: list,
     loss is not finite: no further update lands on top of it."""
     # Not converted by AutoGraph, as Keras' own steps are not: the model, loss
     # and optimiser hold no Python control flow on tensors, and converting each
-    # call inside them cost every trace about 0.4 s (BENCHMARKS.md, test suite).
+    # call inside them made every trace slower (BENCHMARKS.md, test suite).
     @tf.autograph.experimental.do_not_convert
     def take_one(iterator):
         out = step(next(iterator))
