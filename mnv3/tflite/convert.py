@@ -24,6 +24,7 @@ from mnv3.tflite.modes import Mode
 from mnv3.native_output import captured_stderr
 
 SIGNATURE = "serving_default"
+INPUT, OUTPUT = "image", "probabilities"  # the signature's names for a model's own output
 
 
 def save_graph(model: keras.Model, directory: str, serve=None) -> None:
@@ -37,11 +38,11 @@ def save_graph(model: keras.Model, directory: str, serve=None) -> None:
 
 
 def _image_spec(model: keras.Model) -> tf.TensorSpec:
-    return tf.TensorSpec(model.input.shape, tf.float32, name="image")
+    return tf.TensorSpec(model.input.shape, tf.float32, name=INPUT)
 
 
 def _serving(model: keras.Model, serve=None):
-    return serve or (lambda image: {"probabilities": model(image, training=False)})
+    return serve or (lambda image: {OUTPUT: model(image, training=False)})
 
 
 def _converter(model: keras.Model, serve, folder: str):
@@ -59,11 +60,10 @@ def _converter(model: keras.Model, serve, folder: str):
         _image_spec(model))
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
     converter.experimental_lower_to_saved_model = False
-    if serve is None:
-        return converter, lambda tflite: rewrite.with_signature(
-            tflite, SIGNATURE, ["image"], ["probabilities"])
+    outputs = list(serve.outputs) if serve else [OUTPUT]
+    appended = serve.finish if serve else (lambda tflite: tflite)
     return converter, lambda tflite: rewrite.with_signature(
-        serve.finish(tflite), SIGNATURE, ["image"], list(serve.outputs))
+        appended(tflite), SIGNATURE, [INPUT], outputs)
 
 
 def convert(model: keras.Model, mode: Mode, samples: Sequence[np.ndarray] = (),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+from flatbuffers import flexbuffers  # installed with TensorFlow, which depends on it
 
 from mnv3.model.anchors import (IOU_THRESHOLD, MAX_DETECTIONS, SCALE_FACTORS,
                                 SCORE_THRESHOLD)
@@ -54,8 +55,6 @@ def _declaration(num_classes: int) -> str:
 
 def _options(num_classes: int) -> bytes:
     """The op's settings as its kernel reads them: a FlexBuffer map."""
-    from flatbuffers import flexbuffers  # ships with TensorFlow, which depends on it
-
     # Floats as float32, as the kernel reads them and the converter writes them.
     cast = {"i": int, "f": lambda value: float(np.float32(value)), "b": bool}
     return bytes(flexbuffers.Dumps({key: cast[kind](value) for key, (kind, value)
