@@ -8,7 +8,8 @@ step are compared; each is timed over `--steps` steps after `--warmup` steps.
 
 With `--config` (and `--set KEY=VALUE`), only our step is timed, for that
 config's model, image size and batch: the speed of a recipe's training step,
-without its data pipeline or evaluation.
+without its data pipeline or evaluation, and its first call (tracing, graph
+optimisation and one step: what each training start and phase change pays).
 
     python benchmarks/train_throughput.py --config configs/cifar10_small.yaml --steps 60 --json
 
@@ -25,6 +26,7 @@ import json
 import os
 import tempfile
 import time
+from typing import NamedTuple
 
 from mnv3 import cli
 
@@ -63,11 +65,16 @@ def time_ours(variant, image_size, batch_size, steps, warmup, classes=10,
     return time_config(config_lib.load(None, [
         f"model.variant={variant}", f"data.image_size={image_size}",
         f"data.num_classes={classes}", f"train.batch_size={batch_size}",
-        f"train.steps_per_execution={steps_per_execution}"]), steps, warmup)
+        f"train.steps_per_execution={steps_per_execution}"]), steps, warmup).images_per_sec
 
 
-def time_config(cfg, steps, warmup) -> float:
-    """Our training step's images/s for `cfg`'s model, size and batch."""
+class StepTiming(NamedTuple):
+    images_per_sec: float
+    first_call_seconds: float  # tracing, graph optimisation and one call
+
+
+def time_config(cfg, steps, warmup) -> StepTiming:
+    """Our training step's speed for `cfg`'s model, size and batch."""
     import tensorflow as tf
 
     from mnv3 import tasks
@@ -90,7 +97,10 @@ def time_config(cfg, steps, warmup) -> float:
         trainer.enter_epoch(max(cfg.train.epochs - 1, 0))
         iterator = iter(distribute(trainer.strategy, data))
         per_call = tf.constant(cfg.train.steps_per_execution)
-        for _ in range(warmup):
+        start = time.perf_counter()
+        trainer.train_batches(iterator, per_call)[1].numpy()
+        first_call = time.perf_counter() - start
+        for _ in range(warmup - 1):
             trainer.train_batches(iterator, per_call)[1].numpy()
         start = time.perf_counter()
         calls = max(steps // cfg.train.steps_per_execution, 1)
@@ -98,7 +108,8 @@ def time_config(cfg, steps, warmup) -> float:
             taken = trainer.train_batches(iterator, per_call)[1]
         taken.numpy()
         seconds = time.perf_counter() - start
-        return calls * cfg.train.steps_per_execution * batch_size / seconds
+        return StepTiming(calls * cfg.train.steps_per_execution * batch_size / seconds,
+                          first_call)
 
 
 def main(argv) -> int:
@@ -127,11 +138,13 @@ def _measure(args) -> None:
         cfg = config_lib.load(args.config, args.set)
         if args.qat:
             return _measure_qat(args, cfg)
-        ips = time_config(cfg, args.steps, args.warmup)
+        ips, first = time_config(cfg, args.steps, args.warmup)
         result = {"config": args.config, "set": args.set, "image_size": cfg.data.image_size,
                   "batch_size": cfg.train.batch_size, "steps": args.steps,
-                  "ours_images_per_sec": round(ips, 1), "cpu_count": os.cpu_count()}
-        print(json.dumps(result) if args.json else f"ours {ips:.1f} img/s")
+                  "ours_images_per_sec": round(ips, 1),
+                  "first_call_seconds": round(first, 2), "cpu_count": os.cpu_count()}
+        print(json.dumps(result) if args.json else
+              f"ours {ips:.1f} img/s; first call {first:.2f} s")
         return
     common = (args.variant, args.image_size, args.batch_size, args.steps, args.warmup)
     keras_ips = time_keras_fit(*common)
@@ -159,7 +172,7 @@ def _measure_qat(args, cfg) -> None:
                    cfg.train, qat_epochs=max(cfg.train.qat_epochs, 1)))}
     for _ in range(args.rounds):  # in turns: the machine's speed drifts
         for name, config in configs.items():
-            rates[name].append(time_config(config, args.steps, args.warmup))
+            rates[name].append(time_config(config, args.steps, args.warmup).images_per_sec)
     plain, qat = (statistics.median(rates[k]) for k in ("plain", "qat"))
     result = {"config": args.config, "set": args.set, "image_size": cfg.data.image_size,
               "batch_size": cfg.train.batch_size, "steps": args.steps,

@@ -186,6 +186,41 @@ def check_optimizer_hooks(optimizer_class) -> None:
             raise InternalMissing(f"keras.optimizers.Optimizer.{name}", "does not exist")
 
 
+# --- Keras optimisers: their slot variables ----------------------------------------
+# mnv3.training.fused_steps hands a variable's slots to TensorFlow's fused
+# kernels. Keras keeps them in lists indexed as the variables it was built for.
+
+OPTIMIZER_SLOTS = {"Adam": ("_momentums", "_velocities"),
+                   "RMSprop": ("_velocities", "_momentums"),  # mean square, momentum
+                   "SGD": ("momentums",)}
+
+
+def optimizer_slots(optimizer, kind: str, variable) -> list:
+    """`variable`'s slots in a built Keras optimiser of `kind` (a key of
+    OPTIMIZER_SLOTS), in that key's order."""
+    check_optimizer_hooks(type(optimizer))
+    index = optimizer._get_variable_index(variable)
+    slots = []
+    for name in OPTIMIZER_SLOTS[kind]:
+        held = getattr(optimizer, name, None)
+        if not isinstance(held, list) or index >= len(held):
+            raise InternalMissing(f"keras.optimizers.{kind}.{name}",
+                                  "is not a list of slot variables")
+        slots.append(held[index])
+    return slots
+
+
+def _check_optimizer_slots() -> None:
+    import keras
+
+    variable = keras.Variable([1.0])
+    for kind in OPTIMIZER_SLOTS:
+        optimizer = getattr(keras.optimizers, kind)(momentum=0.9) if kind != "Adam" else \
+            keras.optimizers.Adam()
+        optimizer.build([variable])
+        optimizer_slots(optimizer, kind, variable)
+
+
 # --- LiteRT: the interpreter's list of ops -----------------------------------------
 # The public API lists tensors only; tests and the op profiler need the ops.
 
@@ -217,6 +252,7 @@ def problems() -> dict[str, str]:
             lambda: producer(keras.layers.ReLU()(keras.Input((1,)))),
         "keras.optimizers.Optimizer hooks":
             lambda: check_optimizer_hooks(keras.optimizers.Optimizer),
+        "keras.optimizers slot lists": _check_optimizer_slots,
         _INTERPRETER_OPS: _check_interpreter_ops,
     }
     found = {}

@@ -209,8 +209,60 @@ def test_schedules_and_weight_decay_targets():
     depthwise = [v for v in kernels if "_depthwise/" in v.path]
     assert depthwise and len(pointwise) == len(kernels) - len(depthwise)
     assert not any("_depthwise/" in v.path for v in pointwise)
-    rms = optim.make_optimizer(config_lib.load(None, ["train.optimizer=rmsprop"]).train, 10)
-    assert rms.epsilon == pytest.approx(0.002 ** 0.5) and rms.rho == 0.9
+
+
+def _steps(optimizer, variables, gradients):
+    """`optimizer`'s steps on `variables` (one per gradient list), traced as
+    training traces them; returns the op types of the traced step."""
+    step = tf.function(lambda grads: optimizer.apply_gradients(zip(grads, variables)))
+    for grads in gradients:
+        step(grads)
+    return [op.type for op in step.get_concrete_function(gradients[0]).graph.get_operations()]
+
+
+@pytest.mark.parametrize("settings, kernel", [
+    (["train.optimizer=adamw", "train.weight_decay=0.1"], "ResourceApplyAdam"),
+    (["train.optimizer=adamw", "train.weight_decay=0"], "ResourceApplyAdam"),
+    (["train.optimizer=rmsprop"], "ResourceApplyRMSProp"),
+    (["train.optimizer=sgd"], "ResourceApplyKerasMomentum"),
+    (["train.optimizer=sgd", "train.nesterov=true"], "ResourceApplyKerasMomentum"),
+])
+def test_fused_steps_are_keras_steps_in_one_kernel_per_variable(settings, kernel):
+    cfg = config_lib.load(None, ["train.learning_rate=0.05", "train.warmup_epochs=0",
+                                 "train.clip_grad_norm=3.0", *settings]).train
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=shape).astype(np.float32) for shape in [(3, 4), (4,), (2, 2)]]
+    gradients = [[tf.constant(rng.normal(size=w.shape).astype(np.float32)) for w in start]
+                 for _ in range(6)]
+    ours, theirs = ([keras.Variable(w) for w in start] for _ in range(2))
+    fused = optim.make_optimizer(cfg, 10)
+    # Keras' own class with the same settings: its update_step, op by op.
+    keras_class = next(c for c in type(fused).__mro__ if c.__module__.startswith("keras."))
+    ops = _steps(fused, ours, gradients)
+    _steps(keras_class.from_config(fused.get_config()), theirs, gradients)
+    assert ops.count(kernel) == len(ours), ops
+    for a, b, w in zip(ours, theirs, start):
+        assert abs(a.numpy() - w).max() > 0.01  # it moved
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_rmsprop_divides_by_the_root_of_mean_square_plus_epsilon_as_the_papers_code():
+    # TF1's RMSProp (the paper's code): ms = rho ms + (1 - rho) g^2,
+    # mom = momentum mom + lr g / sqrt(ms + epsilon), var -= mom.
+    cfg = config_lib.load(None, ["train.optimizer=rmsprop", "train.learning_rate=0.1",
+                                 "train.warmup_epochs=0", "train.schedule=constant",
+                                 "train.epsilon=0.002"]).train
+    variable = keras.Variable(np.zeros(3, np.float32))
+    optimizer = optim.make_optimizer(cfg, 10)
+    g = np.array([0.001, 0.1, 3.0], np.float32)
+    ms, mom, var = np.zeros(3), np.zeros(3), np.zeros(3)
+    lr = optim.peak_learning_rate(cfg)
+    for _ in range(3):
+        optimizer.apply_gradients([(tf.constant(g), variable)])
+        ms = cfg.rho * ms + (1 - cfg.rho) * g.astype(np.float64) ** 2
+        mom = cfg.momentum * mom + lr * g / np.sqrt(ms + 0.002)
+        var -= mom
+    np.testing.assert_allclose(variable.numpy(), var, rtol=1e-5)
 
 
 @pytest.mark.parametrize("decay_depthwise", [True, False])
@@ -340,5 +392,6 @@ def test_the_throughput_benchmark_times_a_configs_training_step():
     the trainer that breaks it shows here, not when someone measures."""
     from benchmarks.train_throughput import time_config
 
-    assert time_config(tiny_cfg("data.image_size=32", "train.batch_size=8"),
-                       steps=2, warmup=1) > 0
+    timing = time_config(tiny_cfg("data.image_size=32", "train.batch_size=8"),
+                         steps=2, warmup=1)
+    assert timing.images_per_sec > 0 and timing.first_call_seconds > 0

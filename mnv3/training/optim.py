@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 
 import keras
 from keras import ops
 
 from mnv3 import tf_internals
 from mnv3.config import Config, TrainConfig
+from mnv3.training.fused_steps import fused
 
 
 class WarmupExponentialDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -139,12 +139,12 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, model=None):
     ema = {}  # weight averaging: mnv3.training.ema (Keras' leaves BatchNorm out)
     clip = dict(global_clipnorm=cfg.clip_grad_norm)
     def kind(cls):
+        cls = fused(cls)
         return _scalable(cls) if cfg.backbone_lr_scale != 1.0 else cls
     if cfg.optimizer == "rmsprop":
-        # TF1's RMSProp divides by sqrt(ms + eps), Keras by sqrt(ms) + eps; with
-        # sqrt(eps) the two agree where it matters, when ms is small.
+        # Keras 3 divides by sqrt(ms + epsilon), as TF1's RMSProp in the paper's code.
         return kind(keras.optimizers.RMSprop)(
-            schedule, rho=cfg.rho, momentum=cfg.momentum, epsilon=math.sqrt(cfg.epsilon),
+            schedule, rho=cfg.rho, momentum=cfg.momentum, epsilon=cfg.epsilon,
             **ema, **clip)
     if cfg.optimizer == "sgd":
         return kind(keras.optimizers.SGD)(schedule, momentum=cfg.momentum,
