@@ -9,6 +9,7 @@ from mnv3 import config as config_lib
 from mnv3.model.anchors import AnchorSpec, decode, encode, iou, match
 from mnv3.model.ssdlite import build_detector, map_sizes
 from mnv3.tasks.detection import DetectionLoss
+from mnv3.training.fused_steps import fused
 
 ANCHORS = AnchorSpec().anchors(map_sizes(64, 64))
 BOX = tf.constant([[0.2, 0.25, 0.7, 0.65]])
@@ -64,7 +65,7 @@ def test_a_detector_learns_one_box():
     images = np.random.default_rng(0).uniform(0, 80, (16, 64, 64, 3)).astype(np.float32)
     images[:, 13:45, 16:42] = [255, 200, 0]
     labels = labels_for(BOX, tf.constant([2]))
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),  # XLA is slower on CPU
+    model.compile(optimizer=fused(keras.optimizers.Adam)(3e-3),  # XLA is slower on CPU
                   loss=DetectionLoss(reduction="sum_over_batch_size"), jit_compile=False)
     # Built here, as the trainer builds its own: made inside fit's first traced
     # step, the optimiser's slot variables cost about 8 s of tracing.
