@@ -214,11 +214,11 @@ def _check_optimizer_slots() -> None:
     import keras
 
     variable = keras.Variable([1.0])
+    made = {"Adam": keras.optimizers.Adam(), "SGD": keras.optimizers.SGD(momentum=0.9),
+            "RMSprop": keras.optimizers.RMSprop(momentum=0.9)}
     for kind in OPTIMIZER_SLOTS:
-        optimizer = getattr(keras.optimizers, kind)(momentum=0.9) if kind != "Adam" else \
-            keras.optimizers.Adam()
-        optimizer.build([variable])
-        optimizer_slots(optimizer, kind, variable)
+        made[kind].build([variable])
+        optimizer_slots(made[kind], kind, variable)
 
 
 # --- LiteRT: the interpreter's list of ops -----------------------------------------

@@ -1,12 +1,13 @@
 """Optimiser steps as TensorFlow's fused training kernels: one op per variable
-(ResourceApplyAdam, ResourceApplyRMSProp, ResourceApplyKerasMomentum) where Keras' own update_step builds about twenty.
+(ResourceApplyAdam, ResourceApplyRMSProp, ResourceApplyKerasMomentum) where
+Keras' own update_step builds about twenty.
 
 The arithmetic is Keras': these kernels are the ones TensorFlow's optimisers
 ran, and Keras 3 kept their formulas (Adam's bias-corrected rate, RMSprop's
 epsilon inside the square root, SGD's `m = momentum * m - lr * g`); results
-agree to float rounding (tests/test_training.py). The step is the same speed;
-tracing it is faster, about a second less at each training start and each
-phase change (BENCHMARKS.md, "Training start-up"). Keras' schedule, weight
+agree to float rounding (tests/test_training.py). The step runs at the same
+speed; tracing it, at each training start and each phase change, takes less
+time (BENCHMARKS.md, "Training start-up"). Keras' schedule, weight
 decay, clipping and loss scaling run as before: only update_step changes.
 Cases without a kernel here (sparse gradients, AMSGrad, centered RMSprop,
 RMSprop or SGD without momentum) take Keras' own step.
